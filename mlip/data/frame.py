@@ -142,6 +142,13 @@ def make_frame(
     )
 
 
+def frame_from_atoms(atoms: ase.Atoms, *, source=None, index=None) -> Frame:
+    """The geometry of an ase.Atoms as an unlabelled Frame (labels are the readers' job)."""
+    return make_frame(
+        atoms.numbers, atoms.positions, atoms.cell.array, atoms.pbc, source=source, index=index
+    )
+
+
 def _float_array(values, shape, name, fail):
     try:
         array = np.array(values, dtype=np.float64)

@@ -1,0 +1,52 @@
+"""The `mlip` command line, end to end (in-process, through mlip.cli.main)."""
+
+import ase.io
+import numpy as np
+import pytest
+from ase.build import bulk
+
+from mlip.cli import main
+from mlip.data.shards import ShardedDataset
+
+
+def test_inspect_bundled_structure(capsys):
+    assert main(["inspect"]) == 0
+    out = capsys.readouterr().out
+    assert "Si64, 64 atoms, pbc=TTT" in out
+    # Diamond Si within 5 Å: 4 + 12 + 12 neighbours (the 4th shell is at 5.43 Å).
+    assert "1792 (28.00 neighbours per atom)" in out
+    assert "read 1 frames" in out
+
+
+def test_inspect_reports_bad_input_in_one_line(tmp_path, capsys):
+    atoms = bulk("Cu", "fcc", a=3.6).repeat(2)
+    atoms.positions[1] = atoms.positions[0] + [0.1, 0, 0]
+    path = tmp_path / "overlap.xyz"
+    ase.io.write(path, atoms)
+    assert main(["inspect", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("mlip: error: ") and "overlap.xyz, frame 0: atoms 0 and 1 are 0.1 Å apart" in err
+    assert "Traceback" not in err
+
+
+def test_convert_command(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    frames = []
+    for k in range(5):
+        atoms = bulk("Si", "diamond", a=5.43).repeat(1 + k % 2)
+        atoms.rattle(0.05, seed=k)
+        atoms.info["REF_energy"] = -5.0 * len(atoms)
+        atoms.arrays["REF_forces"] = rng.normal(size=(len(atoms), 3))
+        atoms.info["REF_stress"] = rng.normal(size=6) * 1e-3
+        frames.append(atoms)
+    source = tmp_path / "train.xyz"
+    ase.io.write(source, frames)
+    out = tmp_path / "shards"
+    args = ["convert", str(source), "-o", str(out), "-q", "--energy-key", "REF_energy", "--forces-key", "REF_forces", "--stress-key", "REF_stress"]
+    assert main(args) == 0
+    dataset = ShardedDataset(out)
+    assert len(dataset) == 5
+    np.testing.assert_allclose(dataset[3].forces, frames[3].arrays["REF_forces"])
+    assert main(args) == 2  # refuses to overwrite an existing dataset
+    assert "--overwrite" in capsys.readouterr().err
+    assert main(args + ["--overwrite"]) == 0
