@@ -2,7 +2,6 @@
 
 import ase.io
 import numpy as np
-import pytest
 from ase.build import bulk
 
 from mlip.cli import main

@@ -70,7 +70,7 @@ def _describe_many(atoms, edges, closest, elements, labels, shapes, source, cuto
             f"  cutoff:             {cutoff} Å",
             f"  edges:              {edges} ({edges / atoms.sum():.2f} neighbours per atom)",
             f"  closest pair:       {closest:.4f} Å",
-            f"  labels:             " + ", ".join(f"{k} {labels[k]}/{n_frames}" for k in ("energy", "forces", "stress")),
+            "  labels:             " + ", ".join(f"{k} {labels[k]}/{n_frames}" for k in ("energy", "forces", "stress")),
             f"  padded shapes one frame at a time: {len(shapes)} distinct",
         ]
     )

@@ -51,7 +51,6 @@ import json
 import logging
 import operator
 import os
-import tempfile
 import threading
 import zipfile
 from pathlib import Path
@@ -64,6 +63,7 @@ from mlip import __version__
 from mlip.data.frame import Frame, make_frame
 from mlip.data.readers import ReadReport, read_frames
 from mlip.errors import DataError, MlipError
+from mlip.fileio import TEMP_PREFIX, atomic_write_bytes, npz_bytes
 
 log = logging.getLogger(__name__)
 
@@ -73,16 +73,10 @@ INDEX_FILE = "index.json"
 N_ATOMS_FILE = "n_atoms.npy"
 _SHARD_NAME = "shard-{:05d}.npz"
 _SHARD_GLOB = "shard-*.npz"
-_TEMP_PREFIX = ".tmp-"
 _EXTRA_PREFIX = "extra/"
 #: Shards a dataset keeps in memory by default: the loader's default ``shuffle_shards`` window,
 #: so shard-local shuffling never reloads a shard within a window.
 DEFAULT_CACHE_SHARDS = 4
-# mkstemp creates files readable by their owner only; datasets are usually shared, so written
-# files get the permissions a plain open() would give (read once: os.umask can only be read by
-# setting it).
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)
 
 
 @dataclasses.dataclass
@@ -213,7 +207,7 @@ def _prepare_out_dir(out_dir: Path, overwrite: bool) -> Path:
         # The index goes first: from then on the directory is no longer a dataset, so a
         # crash below cannot leave an index describing shards that are half replaced.
         (out_dir / INDEX_FILE).unlink(missing_ok=True)
-        stale = [*out_dir.glob(_SHARD_GLOB), *out_dir.glob(_TEMP_PREFIX + "*")]
+        stale = [*out_dir.glob(_SHARD_GLOB), *out_dir.glob(TEMP_PREFIX + "*")]
         for path in [out_dir / N_ATOMS_FILE, *stale]:
             path.unlink(missing_ok=True)
     return out_dir
@@ -252,10 +246,10 @@ class _ShardWriter:
         arrays = _pack_frames(self.buffer)
         extras = _pack_extras(self.buffer, len(self.entries), self.warned_extras)
         arrays.update({_EXTRA_PREFIX + name: values for name, values in extras.items()})
-        data = _savez_bytes(arrays)
+        data = npz_bytes(arrays)
         path = self.out_dir / _SHARD_NAME.format(len(self.entries))
         self.written.append(path)
-        _atomic_write(path, data)
+        atomic_write_bytes(path, data)
         self.entries.append({
             "file": path.name,
             "n_frames": len(self.buffer),
@@ -279,7 +273,7 @@ class _ShardWriter:
             raise DataError("no frames to convert (all skipped, or empty input)", where)
         n_atoms = np.concatenate(self.n_atoms_per_shard)
         self.written.append(self.out_dir / N_ATOMS_FILE)
-        _atomic_write(self.out_dir / N_ATOMS_FILE, _save_bytes(n_atoms))
+        atomic_write_bytes(self.out_dir / N_ATOMS_FILE, _save_bytes(n_atoms))
         index = {
             "format": FORMAT,
             "version": VERSION,
@@ -291,7 +285,7 @@ class _ShardWriter:
             "sources": sources,
             "shards": self.entries,
         }
-        _atomic_write(self.out_dir / INDEX_FILE, json.dumps(index, indent=1).encode())
+        atomic_write_bytes(self.out_dir / INDEX_FILE, json.dumps(index, indent=1).encode())
 
     def discard(self) -> None:
         """Remove every file this writer created (called when the conversion fails)."""
@@ -348,32 +342,10 @@ def _extra_problem(values: list) -> str | None:
     return None
 
 
-def _savez_bytes(arrays: dict[str, np.ndarray]) -> bytes:
-    buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
-    return buffer.getvalue()
-
-
 def _save_bytes(array: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     np.save(buffer, array)
     return buffer.getvalue()
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that ``path`` is either absent/old or complete."""
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=_TEMP_PREFIX, suffix=path.suffix)
-    try:
-        with os.fdopen(fd, "wb") as file:
-            os.fchmod(file.fileno(), 0o666 & ~_UMASK)
-            file.write(data)
-            file.flush()
-            # Durable before visible: after a power loss the name never points at lost data.
-            os.fsync(file.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
 
 
 class ShardedDataset:

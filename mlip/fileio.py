@@ -1,0 +1,46 @@
+"""Atomic file writes: nothing a user wrote is lost or left half-written by a crash."""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+#: Prefix of the temporary files (so leftovers of a killed process can be found and removed).
+TEMP_PREFIX = ".tmp-"
+
+# The process umask, read once (os.umask can only be read by setting it).
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
+
+def atomic_write_bytes(path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that ``path`` is either absent/old or complete.
+
+    Writes a temporary file in the same directory, flushes it to disk, then renames it over
+    ``path`` (atomic on POSIX). The file gets the usual permissions from the umask.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=TEMP_PREFIX, suffix=path.suffix)
+    try:
+        with os.fdopen(fd, "wb") as file:
+            os.fchmod(file.fileno(), 0o666 & ~_UMASK)
+            file.write(data)
+            file.flush()
+            # Durable before visible: after a power loss the name never points at lost data.
+            os.fsync(file.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+
+
+def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
+    """An uncompressed .npz archive of ``arrays``, in memory."""
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()
