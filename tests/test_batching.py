@@ -220,3 +220,19 @@ def test_loader_rejects_structure_larger_than_budget():
     loader = GraphLoader(frames, CUTOFF, max_nodes=256, max_edges=100_000, shuffle=False)
     with pytest.raises(DataError, match=r"big.xyz, frame 7: structure with 300 atoms"):
         list(loader.epoch(0))
+
+
+def test_loader_streams_a_sharded_dataset_from_disk(tmp_path):
+    from mlip.data.shards import ShardedDataset, write_shards
+
+    frames = varied_frames(40, seed=9)
+    write_shards(frames, tmp_path / "data", frames_per_shard=7, progress=False)
+    dataset = ShardedDataset(tmp_path / "data")
+    loader = GraphLoader(dataset, CUTOFF, max_nodes=600, max_edges=30_000, max_graphs=8, seed=0, dtype=np.float64)
+    graphs, atoms = 0, 0
+    for batch in loader.epoch(3):
+        assert len(dataset.loaded_shards) <= 4  # constant memory: one shuffle window at most
+        atoms += int(batch.node_mask.sum())
+        graphs += batch.num_real_graphs
+    assert atoms == sum(f.n_atoms for f in frames)
+    assert graphs == 40
