@@ -102,12 +102,13 @@ def test_extreme_cell():
 def test_cells_much_smaller_than_cutoff(seed):
     rng = np.random.default_rng(seed)
     cell = random_cell(rng, rng.uniform(1.0, 2.0), skew=0.5)
-    positions = rng.uniform(0, 1, (int(rng.integers(1, 5)), 3)) @ cell
+    positions = rng.uniform(0, 1, (int(rng.integers(2, 5)), 3)) @ cell
     positions = displace_by_cells(rng, positions, cell, [True] * 3, max_cells=4)
     edges = check_against_ase(positions, cell, [True] * 3, 5.0)
     # Many images of the same neighbour, and of the atom itself.
-    self_images = edges.receivers == edges.senders
-    assert self_images.sum() > 10 * len(positions)
+    images_of_neighbour_1 = (edges.receivers == 0) & (edges.senders == 1)
+    images_of_self = (edges.receivers == 0) & (edges.senders == 0)
+    assert images_of_neighbour_1.sum() > 10 and images_of_self.sum() > 10
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -121,6 +122,44 @@ def test_mixed_pbc(seed, pbc, zero_open_vectors):
     if zero_open_vectors:
         cell = cell * np.asarray(pbc)[:, None]  # as ASE writes slabs and wires
     check_against_ase(positions, cell, pbc, rng.uniform(2.0, 5.0))
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("pbc", MIXED_PBC)
+def test_zero_open_vectors_against_brute_force(seed, pbc):
+    """The case where ASE needs its cell completed, checked independently of ASE."""
+    rng = np.random.default_rng(seed)
+    full_cell = random_cell(rng, rng.uniform(2.0, 6.0), skew=0.5)
+    positions = rng.uniform(0, 1, (int(rng.integers(2, 12)), 3)) @ full_cell
+    cell = full_cell * np.asarray(pbc)[:, None]
+    cutoff = rng.uniform(2.0, 5.0)
+    edges = neighbor_list(positions, cell, pbc, cutoff)
+    assert edge_set(edges) == brute_force_edge_set(positions, full_cell, pbc, cutoff)
+
+
+def brute_force_edge_set(positions, full_cell, pbc, cutoff):
+    """Every (i, j, shift) with |r_ij| < cutoff, trying all shifts that could qualify.
+
+    Positions must lie inside ``full_cell`` (fractional coordinates in [0, 1)), so a shift of
+    n cells along k needs |n| < cutoff * |b_k| + 1, with b_k the reciprocal vector.
+    """
+    reciprocal_lengths = np.linalg.norm(np.linalg.inv(full_cell), axis=0)
+    ranges = [
+        range(-(bound := int(np.ceil(cutoff * length)) + 1), bound + 1) if periodic else [0]
+        for length, periodic in zip(reciprocal_lengths, pbc)
+    ]
+    shifts = np.array(np.meshgrid(*ranges, indexing="ij")).reshape(3, -1).T
+    vectors = (
+        positions[None, None, :, :]
+        - positions[None, :, None, :]
+        + (shifts @ full_cell)[:, None, None, :]
+    )  # [shift, i, j, 3]
+    s, i, j = np.nonzero(np.linalg.norm(vectors, axis=-1) < cutoff)
+    return {
+        (int(a), int(b), tuple(shifts[k].tolist()))
+        for k, a, b in zip(s, i, j)
+        if a != b or shifts[k].any()
+    }
 
 
 @pytest.mark.parametrize("seed", range(5))
