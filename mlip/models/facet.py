@@ -1,0 +1,85 @@
+"""The Facet-style model: species embedding -> interaction blocks -> per-atom energies.
+
+One interaction block (DESIGN.md, "The model"):
+    x_ij  = D_ij h_j                         rotate the sender's features into the edge frame
+    m_ij  = SO2Conv(x_ij, radial(|r_ij|))    per-|m| linear maps, distance-modulated
+    a_i   = sum_j D_ij^T m_ij / avg_neighbors  rotate back, sum over neighbours
+    h_i  <- h_i + a_i;  h_i <- h_i + Mix(Norm(h_i))
+The Wigner-D matrices D_ij are computed once per edge and shared by all blocks. The energy of
+an atom is an MLP of its final scalar (l = 0) channels, scaled and shifted, plus E0 of its species.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from mlip.models.config import FacetConfig
+from mlip.nn.edge_frame import edge_rotation, rotate_from_edge_frame, rotate_to_edge_frame, wigner_d
+from mlip.nn.gate import Gate
+from mlip.nn.norm import EquivariantRMSNorm
+from mlip.nn.radial import RadialEmbedding
+from mlip.nn.s2_mixing import S2Mixing
+from mlip.nn.so2_conv import SO2Convolution
+
+
+class Interaction(nn.Module):
+    """One message-passing block on features h [N, (lmax+1)**2, C]."""
+
+    config: FacetConfig
+
+    @nn.compact
+    def __call__(self, h, wigner, lengths, senders, receivers, edge_mask):
+        c = self.config
+        radial_size = SO2Convolution.radial_size(c.lmax, c.mmax, c.channels)
+        radial = RadialEmbedding(c.num_radial, radial_size, c.r_cut, basis=c.radial_basis)(lengths)
+        radial = jnp.where(edge_mask[:, None], radial, 0.0)  # padding edges carry no message
+        x_edge = rotate_to_edge_frame(h[senders], wigner)
+        message = SO2Convolution(c.lmax, c.mmax, c.channels)(x_edge, radial)
+        message = rotate_from_edge_frame(message, wigner)
+        aggregated = jax.ops.segment_sum(
+            message, receivers, num_segments=h.shape[0], indices_are_sorted=True
+        )
+        h = h + aggregated / c.avg_num_neighbors
+        normed = EquivariantRMSNorm(c.lmax)(h)
+        if c.mixing == "s2":
+            mixed = S2Mixing(
+                c.lmax, c.mixing_hidden, c.grid, c.grid_res_beta, c.grid_res_alpha, c.grid_order
+            )(normed)
+        else:
+            mixed = Gate()(normed)
+        return h + mixed
+
+
+class FacetModel(nn.Module):
+    """Per-atom energies from edge vectors and species.
+
+    Call: ``model.apply(params, vectors, species, senders, receivers, edge_mask)`` with
+        vectors: float [E, 3], r_ij in Å (zero for padding edges);
+        species: int [N], index into ``config.species`` (any valid index for padding nodes);
+        senders, receivers: int [E], receivers sorted;
+        edge_mask: bool [E].
+    Returns float [N], per-atom energies in eV (padding nodes must be masked by the caller).
+    """
+
+    config: FacetConfig
+
+    @nn.compact
+    def __call__(self, vectors, species, senders, receivers, edge_mask):
+        c = self.config
+        dim = (c.lmax + 1) ** 2
+        lengths2 = jnp.sum(vectors**2, axis=-1)
+        # Double where: padding edges have r = 0, where sqrt has an infinite derivative.
+        lengths = jnp.where(edge_mask, jnp.sqrt(jnp.where(edge_mask, lengths2, 1.0)), 0.0)
+        wigner = wigner_d(edge_rotation(vectors), c.lmax)
+        embedding = nn.Embed(len(c.species), c.channels, name="species_embedding")(species)
+        h = jnp.zeros((species.shape[0], dim, c.channels), vectors.dtype)
+        h = h.at[:, 0, :].set(embedding.astype(vectors.dtype))
+        for k in range(c.num_layers):
+            h = Interaction(c, name=f"interaction_{k}")(h, wigner, lengths, senders, receivers, edge_mask)
+        scalars = h[:, 0, :]
+        hidden = nn.silu(nn.Dense(c.readout_hidden, name="readout_hidden")(scalars))
+        out = nn.Dense(1, name="readout_out")(hidden)[:, 0]
+        e0 = jnp.asarray(c.atomic_energies or (0.0,) * len(c.species), vectors.dtype)
+        return c.scale * out + c.shift + e0[species]

@@ -1,0 +1,119 @@
+"""SO(2) convolution (eSCN): the edge-frame linear map that replaces a full tensor product.
+
+In the edge frame (edge along +y) the edge's spherical harmonics are non-zero only at m = 0, so
+a tensor product with them decouples by |m|: m = 0 is one dense map over (l, channel); for
+m > 0 a rotation by alpha about y turns each (+m, -m) pair by the same 2D rotation by m alpha
+at every l (in e3nn's basis: x+ <- cos(m alpha) x+ - sin(m alpha) x-), so any map of the
+complex-multiplication form [[W1, -W2], [W2, W1]] commutes with it. Orders |m| > mmax are
+dropped. Cost per edge: sum_m (lmax - m + 1)^2 C_in C_out, O(L^3 C^2) instead of O(L^6 C^2).
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax.numpy as jnp
+import numpy as np
+
+
+def _orders(lmax: int, mmax: int) -> list[int]:
+    """Number of degrees l = m..lmax carrying order m, for m = 0..mmax."""
+    if not 0 <= mmax <= lmax:
+        raise ValueError(f"need 0 <= mmax <= lmax, got mmax={mmax}, lmax={lmax}")
+    return [lmax - m + 1 for m in range(mmax + 1)]
+
+
+def _index_maps(lmax: int, mmax: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Constant index maps between e3nn's layout (index l*l + l + m) and the m-blocked layout
+    [m=0: l=0..lmax | m=1: +1 over l, -1 over l | m=2: ...] of K = sum (2 - [m=0]) n_m components.
+
+    Returns:
+        gather: int [K], e3nn index of each blocked component.
+        radial_rows: int [K], the radial weight row of each blocked component; +m and -m
+            share a row, since a y rotation mixes them.
+        scatter: int [(lmax+1)**2], blocked position of each e3nn component, K (a zero row)
+            for |m| > mmax.
+    """
+    gather, radial_rows = [], []
+    row = 0
+    for m, n in enumerate(_orders(lmax, mmax)):
+        degrees = np.arange(m, lmax + 1)
+        for sign in (1, -1) if m else (1,):
+            gather.append(degrees * degrees + degrees + sign * m)
+            radial_rows.append(row + np.arange(n))
+        row += n
+    gather = np.concatenate(gather)
+    scatter = np.full((lmax + 1) ** 2, len(gather))
+    scatter[gather] = np.arange(len(gather))
+    return gather, np.concatenate(radial_rows), scatter
+
+
+class SO2Convolution(nn.Module):
+    """Distance-modulated SO(2) linear map of edge-frame features.
+
+    Call: (x_edge float [E, (lmax+1)**2, C_in], radial float [E, radial_size(lmax, mmax, C_in)])
+    -> float [E, (lmax+1)**2, channels_out], all in the edge frame (edge along +y); components
+    with |m| > mmax are exactly zero. ``radial`` scales the inputs per (m, l, channel) before
+    the linear maps. Weights are drawn so that unit-variance inputs and radial weights of unit
+    mean square give outputs of unit variance. Parameters take the dtype of x_edge at init.
+    """
+
+    lmax: int
+    mmax: int
+    channels_out: int
+
+    @staticmethod
+    def radial_size(lmax: int, mmax: int, channels_in: int) -> int:
+        """Number of per-edge radial weights: one per (m, l >= m, input channel), m = 0..mmax."""
+        return sum(_orders(lmax, mmax)) * channels_in
+
+    @staticmethod
+    def parameter_shapes(lmax: int, mmax: int, channels_in: int, channels_out: int) -> dict[str, tuple]:
+        """Shape of each weight: "w0" [(lmax+1) C_in, (lmax+1) C_out] for m = 0, and for
+        m > 0 "w{m}" [2, n_m C_in, n_m C_out] holding (W1, W2), n_m = lmax - m + 1."""
+        shapes = {}
+        for m, n in enumerate(_orders(lmax, mmax)):
+            shape = (n * channels_in, n * channels_out)
+            shapes[f"w{m}"] = shape if m == 0 else (2, *shape)
+        return shapes
+
+    @staticmethod
+    def num_parameters(lmax: int, mmax: int, channels_in: int, channels_out: int) -> int:
+        """Total number of weights (there are no biases: a bias would break equivariance for
+        l > 0 and is left to the node update for l = 0)."""
+        shapes = SO2Convolution.parameter_shapes(lmax, mmax, channels_in, channels_out)
+        return sum(int(np.prod(s)) for s in shapes.values())
+
+    @nn.compact
+    def __call__(self, x_edge, radial):
+        num_edges, dim, channels_in = x_edge.shape
+        if dim != (self.lmax + 1) ** 2:
+            raise ValueError(f"x_edge has {dim} components, lmax={self.lmax} needs {(self.lmax + 1) ** 2}")
+        expected = self.radial_size(self.lmax, self.mmax, channels_in)
+        if radial.shape != (num_edges, expected):
+            raise ValueError(f"radial has shape {radial.shape}, expected ({num_edges}, {expected})")
+        gather, radial_rows, scatter = _index_maps(self.lmax, self.mmax)
+        x = x_edge[:, gather] * radial.reshape(num_edges, -1, channels_in)[:, radial_rows]
+        shapes = self.parameter_shapes(self.lmax, self.mmax, channels_in, self.channels_out)
+        blocks, start = [], 0
+        for m, n in enumerate(_orders(self.lmax, self.mmax)):
+            width = n if m == 0 else 2 * n  # components of this block: l >= m, and both signs
+            weight = self._block_weight(m, shapes[f"w{m}"], x.dtype)
+            block = x[:, start : start + width].reshape(num_edges, width * channels_in) @ weight
+            blocks.append(block.reshape(num_edges, width, self.channels_out))
+            start += width
+        blocks.append(jnp.zeros((num_edges, 1, self.channels_out), x.dtype))  # target of |m| > mmax
+        return jnp.concatenate(blocks, axis=1)[:, scatter]
+
+    def _block_weight(self, m: int, shape: tuple, dtype):
+        """The matrix acting on the flattened block of order m (row vectors on the left).
+
+        For m > 0 the block is [x+, x-] and the matrix [[W1, W2], [-W2, W1]], so that
+        y+ = x+ W1 - x- W2 and y- = x+ W2 + x- W1: multiplication by W1 + i W2 of x+ + i x-.
+        Each output sums shape[-2] (times 2 for m > 0) unit-variance terms, hence the init scale.
+        """
+        fan_in = shape[-2] * (1 if m == 0 else 2)
+        weight = self.param(f"w{m}", nn.initializers.normal(fan_in**-0.5), shape, dtype)
+        if m == 0:
+            return weight
+        w1, w2 = weight
+        return jnp.block([[w1, w2], [-w2, w1]])

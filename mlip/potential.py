@@ -1,0 +1,284 @@
+"""`Potential`: a model's config and parameters, and the one conservative path from energy to
+forces and stress.
+
+    energy  E = sum of per-atom energies of real atoms        (eV)
+    forces  F = -dE/dR                                        (eV/Å)
+    stress  σ = (1/V) dE/dε at ε = 0                          (eV/Å^3, ASE sign)
+
+where the symmetric strain ε deforms positions and cell together (R -> R (1 + ε),
+cell -> cell (1 + ε)). Forces and stress come from a single jitted value_and_grad over
+(positions, strain). Stress exists only for fully periodic structures; it is zero (and
+``stress_mask`` False) for molecules, slabs and wires.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import zipfile
+from pathlib import Path
+from typing import Any, NamedTuple, Sequence
+
+import ase
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import mlip
+from mlip.data.frame import Frame, frame_from_atoms
+from mlip.data.graph import GraphBatch, build_graph, collate, edge_vectors
+from mlip.data.padding import BucketLadder
+from mlip.errors import MlipError
+from mlip.fileio import atomic_write_bytes, npz_bytes
+from mlip.models.config import FacetConfig, preset
+from mlip.models.facet import FacetModel
+
+FORMAT = "mlip-potential"
+FORMAT_VERSION = 1
+
+
+class PotentialOutput(NamedTuple):
+    """Results for a padded batch; entries of padding atoms/graphs are zero.
+
+    energy: [G] total energy, eV.
+    energies: [N] per-atom energies, eV.
+    forces: [N, 3] eV/Å.
+    stress: [G, 3, 3] eV/Å^3, ASE sign; zero where ``stress_mask`` is False.
+    stress_mask: bool [G], True for real, fully periodic graphs.
+    """
+
+    energy: jax.Array
+    energies: jax.Array
+    forces: jax.Array
+    stress: jax.Array
+    stress_mask: jax.Array
+
+
+class Prediction(NamedTuple):
+    """Results for one structure: energy (eV), energies [n] (eV), forces [n, 3] (eV/Å),
+    stress [3, 3] (eV/Å^3, ASE sign) or None when the structure is not fully periodic."""
+
+    energy: float
+    energies: np.ndarray
+    forces: np.ndarray
+    stress: np.ndarray | None
+
+
+def species_table(config: FacetConfig) -> np.ndarray:
+    """int [119]: atomic number -> species index (-1 for elements the model does not know)."""
+    table = np.full(119, -1, np.int32)
+    table[list(config.species)] = np.arange(len(config.species), dtype=np.int32)
+    return table
+
+
+def compute(config: FacetConfig, params, batch: GraphBatch) -> PotentialOutput:
+    """Energy, forces and stress of ``batch`` (traceable; `Potential.__call__` jits it)."""
+    model = FacetModel(config)
+    species = jnp.maximum(jnp.asarray(species_table(config))[batch.numbers], 0)
+    dtype = batch.positions.dtype
+    n_graphs = batch.cell.shape[0]
+
+    def total_energy(positions, strain):
+        strain = 0.5 * (strain + jnp.swapaxes(strain, 1, 2))
+        positions = positions + jnp.einsum("ni,nij->nj", positions, strain[batch.node_graph])
+        cell = batch.cell + jnp.einsum("gij,gjk->gik", batch.cell, strain)
+        vectors = edge_vectors(positions, cell, batch)
+        per_atom = model.apply(params, vectors, species, batch.senders, batch.receivers, batch.edge_mask)
+        per_atom = jnp.where(batch.node_mask, per_atom, 0.0)
+        return jnp.sum(per_atom), per_atom
+
+    strain = jnp.zeros((n_graphs, 3, 3), dtype)
+    (_, energies), (grad_positions, grad_strain) = jax.value_and_grad(
+        total_energy, argnums=(0, 1), has_aux=True
+    )(batch.positions, strain)
+    energy = jax.ops.segment_sum(energies, batch.node_graph, num_segments=n_graphs)
+    stress_mask = batch.graph_mask & jnp.all(batch.pbc, axis=-1)
+    volume = jnp.abs(jnp.linalg.det(batch.cell))
+    volume = jnp.where(stress_mask, volume, 1.0)
+    stress = jnp.where(stress_mask[:, None, None], grad_strain / volume[:, None, None], 0.0)
+    return PotentialOutput(energy, energies, -grad_positions, stress, stress_mask)
+
+
+@functools.lru_cache(maxsize=16)
+def _jitted(config: FacetConfig):
+    return jax.jit(functools.partial(compute, config))
+
+
+@dataclasses.dataclass(frozen=True)
+class Potential:
+    """A trained (or freshly initialised) potential: config + parameters + float dtype."""
+
+    config: FacetConfig
+    params: Any
+    dtype: str = "float32"
+
+    @classmethod
+    def create(
+        cls,
+        preset_or_config: str | FacetConfig = "small",
+        *,
+        species=None,
+        r_cut: float = 5.0,
+        seed: int = 0,
+        dtype: str = "float32",
+        **overrides,
+    ) -> "Potential":
+        """A randomly initialised potential from a preset name (with ``species``, ``r_cut``
+        and field ``overrides``) or from a FacetConfig."""
+        if isinstance(preset_or_config, FacetConfig):
+            config = dataclasses.replace(preset_or_config, **overrides)
+        else:
+            if species is None:
+                raise MlipError("Potential.create from a preset needs species=[...]")
+            config = preset(preset_or_config, species=species, r_cut=r_cut, **overrides)
+        _check_dtype(dtype)
+        params = init_params(config, seed, dtype)
+        return cls(config, params, dtype)
+
+    @property
+    def num_params(self) -> int:
+        return int(sum(np.size(p) for p in jax.tree.leaves(self.params)))
+
+    def __call__(self, batch: GraphBatch) -> PotentialOutput:
+        """Energy, forces, stress for a padded batch (see mlip.data.graph.collate)."""
+        self.check_species(np.asarray(batch.numbers)[np.asarray(batch.node_mask)])
+        dtype = jnp.dtype(self.dtype)
+        batch = batch._replace(
+            positions=jnp.asarray(batch.positions, dtype), cell=jnp.asarray(batch.cell, dtype)
+        )
+        return _jitted(self.config)(self.params, batch)
+
+    def predict(self, structures: Sequence[Frame | ase.Atoms]) -> list[Prediction]:
+        """Energy, per-atom energies, forces and stress of each structure (one padded batch).
+
+        Stress is None for structures that are not periodic in all three directions.
+        """
+        frames = [s if isinstance(s, Frame) else frame_from_atoms(s) for s in structures]
+        graphs = [build_graph(f, self.config.r_cut) for f in frames]
+        shape = BucketLadder().shape_for(
+            sum(g.n_node for g in graphs), sum(g.n_edge for g in graphs), len(graphs)
+        )
+        out = jax.tree.map(np.asarray, self(collate(graphs, *shape, labels=False)))
+        results, start = [], 0
+        for g, frame in enumerate(frames):
+            atoms = slice(start, start + frame.n_atoms)
+            start += frame.n_atoms
+            results.append(
+                Prediction(
+                    energy=float(out.energy[g]),
+                    energies=out.energies[atoms],
+                    forces=out.forces[atoms],
+                    stress=out.stress[g] if out.stress_mask[g] else None,
+                )
+            )
+        return results
+
+    def check_species(self, numbers) -> None:
+        """Raise MlipError naming any element the potential was not trained on."""
+        numbers = np.asarray(numbers)
+        valid = (numbers >= 1) & (numbers <= 118)
+        known = np.zeros_like(valid)
+        known[valid] = species_table(self.config)[numbers[valid]] >= 0
+        unknown = sorted(set(numbers[~known].tolist()))
+        if unknown:
+            from ase.data import chemical_symbols
+
+            names = [chemical_symbols[z] if 0 < z < 119 else str(z) for z in unknown]
+            raise MlipError(
+                f"element(s) {', '.join(names)} not in this potential's species "
+                f"({', '.join(self.config.species_symbols)})"
+            )
+
+    def save(self, path) -> None:
+        """Write a self-describing file (format version, config, dtype, parameters), atomically."""
+        save_potential(self, path)
+
+    @classmethod
+    def load(cls, path) -> "Potential":
+        return load_potential(path)
+
+
+def _check_dtype(dtype: str) -> None:
+    if dtype not in ("float32", "float64"):
+        raise MlipError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
+    if dtype == "float64" and not jax.config.jax_enable_x64:
+        raise MlipError(
+            "float64 needs JAX's x64 mode: call jax.config.update('jax_enable_x64', True) "
+            "at the start of the program"
+        )
+
+
+def init_params(config: FacetConfig, seed: int, dtype: str, *, shapes_only: bool = False):
+    """Parameters of a FacetModel for ``config``, initialised from ``seed``, cast to ``dtype``.
+
+    With ``shapes_only``, returns jax.ShapeDtypeStructs without computing anything.
+    """
+    vectors = jnp.array([[0.0, 1.0, 0.5], [0.0, -1.0, -0.5]], dtype)
+    args = (vectors, jnp.zeros(2, jnp.int32), jnp.array([1, 0]), jnp.array([0, 1]), jnp.ones(2, bool))
+
+    def init(key):
+        params = FacetModel(config).init(key, *args)
+        return jax.tree.map(lambda p: p.astype(dtype), params)
+
+    key = jax.random.PRNGKey(seed)
+    # One compiled program: op-by-op initialisation dispatches hundreds of tiny kernels.
+    return jax.eval_shape(init, key) if shapes_only else jax.jit(init)(key)
+
+
+def save_potential(potential: Potential, path) -> None:
+    path = Path(path)
+    header = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "mlip_version": mlip.__version__,
+        "dtype": potential.dtype,
+        "config": potential.config.to_dict(),
+        "num_params": potential.num_params,
+    }
+    flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(potential.params), sep="/")
+    arrays = {f"params/{k}": np.asarray(v) for k, v in flat.items()}
+    atomic_write_bytes(path, npz_bytes({"__header__": np.array(json.dumps(header)), **arrays}))
+
+
+def load_potential(path) -> Potential:
+    """Read a file written by `Potential.save`; clear MlipError for anything else."""
+    path = Path(path)
+    if not path.is_file():
+        raise MlipError(f"{path}: no such potential file")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            contents = {k: archive[k] for k in archive.files}
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
+        raise MlipError(f"{path}: not a readable mlip potential file (corrupt or truncated: {exc})") from None
+    if "__header__" not in contents:
+        raise MlipError(f"{path}: not an mlip potential file (no header)")
+    try:
+        header = json.loads(str(contents.pop("__header__")))
+    except json.JSONDecodeError as exc:
+        raise MlipError(f"{path}: corrupt header ({exc})") from None
+    if header.get("format") != FORMAT:
+        raise MlipError(f"{path}: not an mlip potential file (format {header.get('format')!r})")
+    if header.get("format_version") != FORMAT_VERSION:
+        raise MlipError(
+            f"{path}: potential file format version {header.get('format_version')} is not "
+            f"supported by mlip {mlip.__version__} (reads version {FORMAT_VERSION})"
+        )
+    try:
+        config = FacetConfig.from_dict(header["config"])
+    except (MlipError, KeyError, TypeError) as exc:
+        raise MlipError(f"{path}: incompatible model config ({exc})") from None
+    dtype = header.get("dtype", "float32")
+    _check_dtype(dtype)
+    template = flax.traverse_util.flatten_dict(init_params(config, 0, dtype, shapes_only=True), sep="/")
+    loaded = {k[len("params/") :]: v for k, v in contents.items() if k.startswith("params/")}
+    if set(loaded) != set(template):
+        missing, extra = sorted(set(template) - set(loaded)), sorted(set(loaded) - set(template))
+        raise MlipError(f"{path}: parameters do not match the config (missing {missing[:3]}, unexpected {extra[:3]})")
+    for key, value in template.items():
+        if loaded[key].shape != value.shape:
+            raise MlipError(f"{path}: parameter {key} has shape {loaded[key].shape}, config expects {value.shape}")
+    params = flax.traverse_util.unflatten_dict({k: jnp.asarray(v, dtype) for k, v in loaded.items()}, sep="/")
+    return Potential(config, params, dtype)
