@@ -78,6 +78,47 @@ def _cmd_convert(args) -> None:
     print(report.summary())
 
 
+def _cmd_create(args) -> None:
+    import jax
+
+    from mlip.potential import Potential
+
+    if args.dtype == "float64":
+        jax.config.update("jax_enable_x64", True)
+    potential = Potential.create(
+        args.preset, species=args.species, r_cut=args.r_cut, seed=args.seed, dtype=args.dtype
+    )
+    potential.save(args.output)
+    c = potential.config
+    print(
+        f"{args.output}: {args.preset} preset, {potential.num_params:,} parameters, "
+        f"lmax={c.lmax} mmax={c.mmax} channels={c.channels} layers={c.num_layers}, "
+        f"r_cut={c.r_cut} Å, species {' '.join(c.species_symbols)}, {args.dtype}, random weights"
+    )
+
+
+def _cmd_predict(args) -> None:
+    import numpy as np
+
+    from mlip.data.readers import read_frames
+    from mlip.potential import Potential
+    from mlip.units import EV_PER_A3_TO_GPA
+
+    potential = Potential.load(args.model)
+    options = _read_options(args)
+    frames = list(read_frames(args.structure, require_labels=False, **options))
+    for frame, result in zip(frames, potential.predict(frames)):
+        line = (
+            f"frame {frame.index}: {frame.n_atoms} atoms, energy {result.energy:.6f} eV "
+            f"({result.energy / frame.n_atoms:.6f} eV/atom), max |F| "
+            f"{np.linalg.norm(result.forces, axis=1).max():.4f} eV/Å"
+        )
+        if result.stress is not None:
+            pressure = -np.trace(result.stress) / 3 * EV_PER_A3_TO_GPA
+            line += f", pressure {pressure:.4f} GPa"
+        print(line)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mlip", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -108,12 +149,37 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     _add_read_options(convert)
     convert.set_defaults(run=_cmd_convert)
+    create = commands.add_parser(
+        "create",
+        help="create a randomly initialised potential file from a preset",
+        description="Create a potential with random weights from a preset and save it; prints "
+        "its parameter count. A starting point for training, and for testing pipelines.",
+    )
+    create.add_argument("--preset", default="small", help="architecture preset: small (lmax 2) or medium (lmax 3)")
+    create.add_argument("--species", nargs="+", required=True, help="element symbols the model covers, e.g. Si O")
+    create.add_argument("--r-cut", type=float, default=5.0, help="cutoff radius, Å")
+    create.add_argument("--seed", type=int, default=0)
+    create.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    create.add_argument("-o", "--output", type=Path, required=True, help="potential file to write (e.g. model.mlip)")
+    create.set_defaults(run=_cmd_create)
+
+    predict = commands.add_parser(
+        "predict",
+        help="energy, forces and pressure of structures with a potential",
+        description="Evaluate a potential file on every frame of a structure file.",
+    )
+    predict.add_argument("model", type=Path, help="potential file (from mlip create or training)")
+    predict.add_argument("structure", type=Path, help="structure file (any supported format)")
+    _add_read_options(predict)
+    predict.set_defaults(run=_cmd_predict)
     return parser
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    # mlip's own progress at INFO; other libraries (jax's backend probing...) only at WARNING.
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("mlip").setLevel(logging.DEBUG if args.verbose else logging.INFO)
     try:
         args.run(args)
     except MlipError as exc:

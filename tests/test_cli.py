@@ -49,3 +49,20 @@ def test_convert_command(tmp_path, capsys):
     assert main(args) == 2  # refuses to overwrite an existing dataset
     assert "--overwrite" in capsys.readouterr().err
     assert main(args + ["--overwrite"]) == 0
+
+
+def test_create_and_predict(tmp_path, capsys):
+    model = tmp_path / "si.mlip"
+    assert main(["create", "--species", "Si", "--r-cut", "4.0", "-o", str(model)]) == 0
+    assert "small preset" in capsys.readouterr().out
+    assert main(["predict", str(model), str(tmp_path / "missing.xyz")]) == 2
+    assert "missing.xyz" in capsys.readouterr().err
+    from mlip.cli import bundled_structure
+
+    assert main(["predict", str(model), str(bundled_structure())]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("frame 0: 64 atoms, energy ") and "pressure" in out
+    copper = tmp_path / "cu.xyz"
+    ase.io.write(copper, bulk("Cu", "fcc", a=3.6))
+    assert main(["predict", str(model), str(copper)]) == 2
+    assert "element(s) Cu not in this potential's species (Si)" in capsys.readouterr().err
