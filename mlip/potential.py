@@ -138,6 +138,12 @@ class Potential:
         params = init_params(config, seed, dtype)
         return cls(config, params, dtype)
 
+    def astype(self, dtype: str) -> "Potential":
+        """The same potential with parameters cast to ``dtype`` ("float32" or "float64")."""
+        _check_dtype(dtype)
+        params = jax.tree.map(lambda p: jnp.asarray(p, dtype), self.params)
+        return dataclasses.replace(self, params=params, dtype=dtype)
+
     @property
     def num_params(self) -> int:
         return int(sum(np.size(p) for p in jax.tree.leaves(self.params)))

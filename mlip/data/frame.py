@@ -14,7 +14,7 @@ from typing import Any, Literal
 import ase
 import numpy as np
 
-from mlip.data.neighbors import edge_vectors_numpy, neighbor_list
+from mlip.data.neighbors import Edges, edge_vectors_numpy, neighbor_list
 from mlip.errors import DataError
 
 #: Largest atomic number ASE knows (Og).
@@ -230,10 +230,20 @@ def _check_cell(frame: Frame) -> None:
 
 def _check_distances(frame: Frame, min_distance: float, policy: CloseAtomsPolicy) -> None:
     edges = neighbor_list(frame.positions, frame.cell, frame.pbc, min_distance)
-    if len(edges.senders) == 0:
+    check_min_distance(frame, edges, min_distance, policy)
+
+
+def check_min_distance(
+    frame: Frame, edges: Edges, min_distance: float, policy: CloseAtomsPolicy = "error"
+) -> None:
+    """Raise (or warn) if any edge of ``edges`` (a neighbour list of ``frame`` with a cutoff
+    of at least ``min_distance``) is shorter than ``min_distance`` Å."""
+    if len(edges.senders) == 0 or policy == "ignore":
         return
     lengths = np.linalg.norm(edge_vectors_numpy(frame.positions, frame.cell, edges), axis=1)
     e = int(np.argmin(lengths))
+    if lengths[e] >= min_distance:
+        return
     i, j = int(edges.receivers[e]), int(edges.senders[e])
     what = f"atom {i} and its own periodic image" if i == j else f"atoms {i} and {j}"
     message = f"{what} are {lengths[e]:.4g} Å apart (minimum distance {min_distance} Å)"

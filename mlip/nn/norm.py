@@ -13,11 +13,14 @@ def degree_index(lmax: int) -> np.ndarray:
 
 
 class EquivariantRMSNorm(nn.Module):
-    """Divide each degree l by the RMS of its (m, channel) components; learned scale per (l, c).
+    """Divide a node's features by their RMS over all (l, m, channel); learned scale per (l, c).
 
-    The RMS of a degree is rotation invariant, so the norm is equivariant. Scalars (l = 0) are
-    also centred over channels. ``eps`` inside the square root keeps zero features (padding
-    nodes) finite with finite gradients.
+    The sum of squares over all components is rotation invariant, so the norm is equivariant.
+    It is deliberately one RMS per node, not one per degree: on a symmetric site (e.g. a
+    diamond or fcc atom) the l = 1, 2 features vanish, and a per-degree RMS would turn them
+    into x/|x|, a cusp where the energy is continuous but its slope is unbounded (a random
+    model's MD then gains eV per atom in a femtosecond). The scalar channels keep this RMS away
+    from zero; ``eps`` keeps zero features (padding nodes) finite with finite gradients.
     """
 
     lmax: int
@@ -26,13 +29,6 @@ class EquivariantRMSNorm(nn.Module):
     @nn.compact
     def __call__(self, x):  # [N, (lmax+1)**2, C] -> same
         channels = x.shape[-1]
-        scalars = x[:, :1] - jnp.mean(x[:, :1], axis=-1, keepdims=True)
-        x = jnp.concatenate([scalars, x[:, 1:]], axis=1)
-        degrees = degree_index(self.lmax)
-        parts = []
-        for l in range(self.lmax + 1):
-            block = x[:, degrees == l]
-            rms = jnp.sqrt(jnp.mean(block**2, axis=(1, 2), keepdims=True) + self.eps)
-            parts.append(block / rms)
+        rms = jnp.sqrt(jnp.mean(x**2, axis=(1, 2), keepdims=True) + self.eps)
         scale = self.param("scale", nn.initializers.ones, (self.lmax + 1, channels), x.dtype)
-        return jnp.concatenate(parts, axis=1) * scale[degrees]
+        return x / rms * scale[degree_index(self.lmax)]
