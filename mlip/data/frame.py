@@ -218,9 +218,12 @@ def _check_cell(frame: Frame) -> None:
     periodic = frame.cell[frame.pbc]
     if len(periodic) == 0:
         return
-    # Gram determinant: squared volume (3 periodic dims), area (2) or length (1).
+    # Gram determinant: squared volume (3 periodic dims), area (2) or length (1), relative to
+    # the product of the vector lengths, so that round-off in a degenerate cell still counts
+    # as degenerate.
+    lengths = np.linalg.norm(periodic, axis=1)
     measure = np.sqrt(max(np.linalg.det(periodic @ periodic.T), 0.0))
-    if measure < 1e-6:
+    if lengths.min() < 1e-6 or measure < 1e-6 * np.prod(lengths):
         kind = {3: "zero-volume", 2: "zero-area", 1: "zero-length"}[len(periodic)]
         raise frame.error(
             f"{kind} cell along the periodic directions (pbc={frame.pbc.tolist()}, "

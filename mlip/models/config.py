@@ -34,6 +34,8 @@ class FacetConfig:
         atomic_energies: E0 per species (same order as ``species``), eV.
         scale: per-atom energy scale, eV (learned energies are scale * output + shift + E0).
         shift: per-atom energy shift, eV.
+        zbl: add the ZBL screened-nuclear repulsion to the pair energy (mlip/nn/zbl.py), so
+            atoms cannot collapse onto each other even where the learned part is wrong.
     """
 
     species: tuple[int, ...]
@@ -55,6 +57,7 @@ class FacetConfig:
     atomic_energies: tuple[float, ...] | None = None
     scale: float = 1.0
     shift: float = 0.0
+    zbl: bool = True
 
     def __post_init__(self):
         species = tuple(int(z) for z in self.species)

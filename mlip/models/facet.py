@@ -6,7 +6,8 @@ One interaction block (DESIGN.md, "The model"):
     a_i   = sum_j D_ij^T m_ij / avg_neighbors  rotate back, sum over neighbours
     h_i  <- h_i + a_i;  h_i <- h_i + Mix(Norm(h_i))
 The Wigner-D matrices D_ij are computed once per edge and shared by all blocks. The energy of
-an atom is an MLP of its final scalar (l = 0) channels, scaled and shifted, plus E0 of its species.
+an atom is an MLP of its final scalar (l = 0) channels, scaled and shifted, plus E0 of its species,
+plus half its ZBL pair repulsion (optional, on by default).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from mlip.nn.norm import EquivariantRMSNorm
 from mlip.nn.radial import RadialEmbedding
 from mlip.nn.s2_mixing import S2Mixing
 from mlip.nn.so2_conv import SO2Convolution
+from mlip.nn.zbl import zbl_pair_energy
 
 
 class Interaction(nn.Module):
@@ -82,4 +84,9 @@ class FacetModel(nn.Module):
         hidden = nn.silu(nn.Dense(c.readout_hidden, name="readout_hidden")(scalars))
         out = nn.Dense(1, name="readout_out")(hidden)[:, 0]
         e0 = jnp.asarray(c.atomic_energies or (0.0,) * len(c.species), vectors.dtype)
-        return c.scale * out + c.shift + e0[species]
+        energy = c.scale * out + c.shift + e0[species]
+        if c.zbl:
+            numbers = jnp.asarray(c.species)[species]
+            pair = zbl_pair_energy(lengths, numbers[receivers], numbers[senders], c.r_cut, edge_mask)
+            energy = energy + jax.ops.segment_sum(pair, receivers, num_segments=species.shape[0], indices_are_sorted=True)
+        return energy

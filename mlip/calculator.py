@@ -1,0 +1,148 @@
+"""`Calculator`: an ASE calculator backed by a `Potential`.
+
+Per call it validates the structure, reuses a neighbour list built with a skin while it is
+still valid, pads the graph to the bucket ladder (so an MD run or a relaxation of a fixed
+number of atoms compiles a bounded number of times), and runs the potential's single jitted
+value_and_grad. Results: energy and free_energy (eV), forces (eV/Å), stress (Voigt, eV/Å^3,
+ASE sign; fully periodic structures only) and per-atom energies (eV).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import ase
+import jax
+import numpy as np
+from ase.calculators.calculator import Calculator as AseCalculator
+from ase.calculators.calculator import all_changes
+from ase.geometry import complete_cell
+from ase.stress import full_3x3_to_voigt_6_stress
+
+from mlip.data.frame import check_min_distance, frame_from_atoms, validate_frame
+from mlip.data.graph import Graph, collate
+from mlip.data.neighbors import neighbor_list
+from mlip.data.padding import BucketLadder
+from mlip.potential import Potential
+
+log = logging.getLogger("mlip.calculator")
+
+#: Default directory of JAX's persistent compilation cache (a second process starts fast).
+DEFAULT_CACHE_DIR = Path(os.environ.get("MLIP_CACHE_DIR", Path.home() / ".cache" / "mlip" / "jax"))
+
+
+def enable_compilation_cache(directory=DEFAULT_CACHE_DIR) -> None:
+    """Turn on JAX's persistent compilation cache in ``directory`` unless one is already set."""
+    if jax.config.jax_compilation_cache_dir:
+        return
+    Path(directory).mkdir(parents=True, exist_ok=True)
+    jax.config.update("jax_compilation_cache_dir", str(directory))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
+class SkinNeighborList:
+    """A neighbour list with cutoff ``cutoff + skin``, rebuilt only when it may be stale.
+
+    The list stays exact while every pair now closer than ``cutoff`` was closer than
+    ``cutoff + skin`` when it was built. With F = H0^-1 H the cell deformation since the build
+    and u_i the displacement of atom i in fractional coordinates (expressed in the current
+    cell), any pair's vector is r = r0 F + (u_j - u_i), so |r| >= |r0| s_min(F) - 2 max|u|.
+    The list is therefore rebuilt when (cutoff + skin) s_min(F) - 2 max|u| < cutoff: for a
+    fixed cell this is the usual "an atom moved more than skin/2". Edges between cutoff and
+    cutoff + skin contribute exactly zero (the radial envelope), so results equal a fresh build.
+    """
+
+    def __init__(self, cutoff: float, skin: float):
+        self.cutoff, self.skin = float(cutoff), float(skin)
+        self.builds = 0
+        self._reference = None  # (numbers, pbc, full cell H0, fractional positions f0)
+        self._edges = None
+
+    def edges(self, atoms: ase.Atoms):
+        """(senders, receivers, shifts) valid for ``atoms`` now (see the class docstring)."""
+        cell = complete_cell(atoms.cell.array)
+        fractional = np.linalg.solve(cell.T, atoms.positions.T).T
+        if self._stale(atoms, cell, fractional):
+            self._edges = neighbor_list(atoms.positions, atoms.cell.array, atoms.pbc, self.cutoff + self.skin)
+            self._reference = (atoms.numbers.copy(), atoms.pbc.copy(), cell, fractional)
+            self.builds += 1
+        return self._edges
+
+    def _stale(self, atoms, cell, fractional) -> bool:
+        if self._reference is None:
+            return True
+        numbers, pbc, cell0, fractional0 = self._reference
+        if len(numbers) != len(atoms) or np.any(numbers != atoms.numbers) or np.any(pbc != atoms.pbc):
+            return True
+        deformation = np.linalg.solve(cell0, cell)  # H0^-1 H (rows are lattice vectors)
+        s_min = np.linalg.svd(deformation, compute_uv=False).min()
+        displacement = np.linalg.norm((fractional - fractional0) @ cell, axis=1).max()
+        return (self.cutoff + self.skin) * s_min - 2 * displacement < self.cutoff
+
+
+class Calculator(AseCalculator):
+    """ASE calculator for an mlip `Potential`.
+
+    Args:
+        potential: a Potential, or the path of a saved one.
+        dtype: "float32" or "float64" to cast the potential's parameters (None: as saved).
+            float64 needs jax_enable_x64.
+        compute_stress: compute stress for fully periodic structures.
+        skin: Verlet skin of the neighbour list, Å (0 rebuilds every call).
+        min_distance: atoms closer than this (Å) are an error (overlapping atoms).
+        ladder: bucket ladder of padded shapes (default `BucketLadder()`).
+        compilation_cache: directory for JAX's persistent compilation cache (None: leave JAX's
+            setting alone). Default ~/.cache/mlip/jax, or $MLIP_CACHE_DIR.
+    """
+
+    implemented_properties = ["energy", "free_energy", "forces", "stress", "energies"]
+
+    def __init__(
+        self,
+        potential: Potential | str | os.PathLike,
+        *,
+        dtype: str | None = None,
+        compute_stress: bool = True,
+        skin: float = 0.5,
+        min_distance: float = 0.5,
+        ladder: BucketLadder | None = None,
+        compilation_cache=DEFAULT_CACHE_DIR,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if not isinstance(potential, Potential):
+            potential = Potential.load(potential)
+        if dtype is not None and dtype != potential.dtype:
+            potential = potential.astype(dtype)
+        if compilation_cache is not None:
+            enable_compilation_cache(compilation_cache)
+        self.potential = potential
+        self.compute_stress = compute_stress
+        self.min_distance = min_distance
+        self.ladder = ladder or BucketLadder()
+        self.neighbors = SkinNeighborList(potential.config.r_cut, skin)
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        super().calculate(atoms, properties, system_changes)
+        atoms = self.atoms
+        frame = validate_frame(frame_from_atoms(atoms), close_atoms="ignore")
+        self.potential.check_species(frame.numbers)
+        edges = self.neighbors.edges(atoms)
+        check_min_distance(frame, edges, self.min_distance)
+        graph = Graph(frame, edges.senders, edges.receivers, edges.shifts)
+        shape = self.ladder.shape_for(graph.n_node, graph.n_edge, 1)
+        # Simulation wants full float32 matmuls, not TF32 (the default on GPUs).
+        with jax.default_matmul_precision("highest"):
+            out = self.potential(collate([graph], *shape, labels=False))
+        n = len(atoms)
+        energy = float(out.energy[0])
+        self.results = {
+            "energy": energy,
+            "free_energy": energy,
+            "forces": np.asarray(out.forces[:n], dtype=np.float64),
+            "energies": np.asarray(out.energies[:n], dtype=np.float64),
+        }
+        if self.compute_stress and atoms.pbc.all():
+            self.results["stress"] = full_3x3_to_voigt_6_stress(np.asarray(out.stress[0], np.float64))
