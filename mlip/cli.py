@@ -119,6 +119,90 @@ def _cmd_predict(args) -> None:
         print(line)
 
 
+def _cmd_evaluate(args) -> None:
+    import json
+    import time
+
+    from mlip.data.readers import ReadReport
+    from mlip.evaluate import evaluate, open_data
+    from mlip.fileio import atomic_write_bytes
+    from mlip.potential import Potential
+
+    potential = Potential.load(args.model)
+    report = ReadReport()
+    frames, total = open_data(args.data, potential, report=report, **_read_options(args))
+    start = time.perf_counter()
+    metrics = evaluate(potential, frames, max_nodes=args.batch_nodes, max_edges=args.batch_edges,
+                       progress=not args.quiet, total=total)
+    seconds = time.perf_counter() - start
+    skipped = f"; skipped {report.skipped} bad frames (see warnings)" if report.skipped else ""
+    if metrics.frames == 0:
+        raise MlipError(f"{args.data}: no frames to evaluate{skipped}")
+    print(f"{args.data}: {metrics.frames} frames, {metrics.atoms} atoms, {seconds:.1f} s "
+          f"({metrics.frames / seconds:.0f} frames/s){skipped}")
+    print(metrics.table())
+    if args.json:
+        result = {"model": str(args.model), "data": str(args.data), **metrics.to_dict()}
+        atomic_write_bytes(args.json, json.dumps(result, indent=1, ensure_ascii=False).encode())
+
+
+def _load_structure(args):
+    """The one structure of args.structure (first frame), as ase.Atoms with a Calculator."""
+    from mlip.calculator import Calculator
+    from mlip.data.readers import read_frames
+
+    options = _read_options(args)
+    frames = read_frames(args.structure, require_labels=False, **{**options, "index": args.index or 0})
+    frame = next(iter(frames), None)
+    if frame is None:
+        raise MlipError(f"{args.structure}: no structure found")
+    atoms = frame.to_atoms()
+    atoms.calc = Calculator(args.model, dtype=args.dtype)
+    return atoms
+
+
+def _cmd_relax(args) -> None:
+    from mlip.simulate import relax, summary, write_structure
+
+    atoms = _load_structure(args)
+    output = args.output or args.structure.with_name(args.structure.stem + "-relaxed.extxyz")
+    trajectory = args.traj or output.with_suffix(".traj")
+    print(f"initial: {summary(atoms)}")
+    converged = relax(
+        atoms, fmax=args.fmax, steps=args.steps, relax_cell=args.cell, optimizer=args.optimizer,
+        trajectory=trajectory, progress=not args.quiet,
+    )
+    write_structure(atoms, output)
+    print(f"{'converged' if converged else 'NOT converged'}: {summary(atoms)}")
+    print(f"wrote {output} and {trajectory}")
+    if not converged:
+        raise MlipError(f"relaxation did not reach fmax {args.fmax} eV/Å in {args.steps} steps")
+
+
+def _cmd_md(args) -> None:
+    from mlip.simulate import run_md, summary, write_structure
+
+    atoms = _load_structure(args)
+    print(f"initial: {summary(atoms)}")
+    stats = run_md(
+        atoms, ensemble=args.ensemble, temperature=args.temperature, timestep=args.timestep,
+        steps=args.steps, pressure=args.pressure, friction=args.friction, seed=args.seed,
+        interval=args.interval, trajectory=args.traj, logfile=args.log, progress=not args.quiet,
+    )
+    if args.output:
+        write_structure(atoms, args.output)
+    print(f"final: {summary(atoms)}, T {atoms.get_temperature():.1f} K")
+    print(f"{stats['ns_per_day']:.4f} ns/day, {stats['atom_steps_per_second']:.4g} atom-steps/s")
+
+
+def _add_simulation_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("structure", type=Path, help="structure file (any supported format; first frame)")
+    parser.add_argument("--model", type=Path, required=True, help="potential file (from training or mlip create)")
+    parser.add_argument("--dtype", choices=["float32", "float64"], default=None, help="cast the potential (default: as saved)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    _add_read_options(parser)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mlip", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -172,6 +256,59 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("structure", type=Path, help="structure file (any supported format)")
     _add_read_options(predict)
     predict.set_defaults(run=_cmd_predict)
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="energy, force and stress errors (MAE, RMSE) of a potential on labelled data",
+        description="Evaluate a potential on labelled data (any supported file, or a directory "
+        "written by mlip convert): energy MAE/RMSE in meV/atom, forces in meV/Å (per component), "
+        "stress in GPa (per component), with force and energy errors per element. Frames "
+        "without a label are left out of that label's metrics.",
+    )
+    evaluate.add_argument("model", type=Path, help="potential file")
+    evaluate.add_argument("data", type=Path, help="labelled data file, or mlip convert directory")
+    evaluate.add_argument("--batch-nodes", type=int, default=1024, help="atoms per batch (default 1024)")
+    evaluate.add_argument("--batch-edges", type=int, default=None, help="edges per batch (default 48 per atom)")
+    evaluate.add_argument("--json", type=Path, help="also write the metrics to this JSON file")
+    evaluate.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    _add_read_options(evaluate)
+    evaluate.set_defaults(run=_cmd_evaluate)
+
+    relax = commands.add_parser(
+        "relax",
+        help="relax a structure (positions, optionally the cell)",
+        description="Relax a structure with an ASE optimiser (FIRE by default; FrechetCellFilter "
+        "for the cell). Writes the relaxed structure and a trajectory; prints energy, max force "
+        "and pressure.",
+    )
+    _add_simulation_options(relax)
+    relax.add_argument("--fmax", type=float, default=0.05, help="force convergence, eV/Å (default 0.05)")
+    relax.add_argument("--cell", action="store_true", help="also relax the cell (to zero stress)")
+    relax.add_argument("--steps", type=int, default=500, help="maximum optimiser steps")
+    relax.add_argument("--optimizer", choices=["fire", "bfgs", "lbfgs"], default="fire")
+    relax.add_argument("-o", "--output", type=Path, help="relaxed structure (default STRUCTURE-relaxed.extxyz)")
+    relax.add_argument("--traj", type=Path, help="trajectory file (default OUTPUT.traj)")
+    relax.set_defaults(run=_cmd_relax)
+
+    md = commands.add_parser(
+        "md",
+        help="molecular dynamics of a structure",
+        description="Molecular dynamics with ASE integrators: nve (velocity Verlet), nvt "
+        "(Nose-Hoover chain), nvt-langevin, npt (isotropic MTK barostat). Velocities are drawn "
+        "from Maxwell-Boltzmann at --temperature.",
+    )
+    _add_simulation_options(md)
+    md.add_argument("--ensemble", choices=["nve", "nvt", "nvt-langevin", "npt"], default="nve")
+    md.add_argument("--temperature", type=float, default=300.0, help="K (initial velocities and thermostat)")
+    md.add_argument("--timestep", type=float, default=1.0, help="fs")
+    md.add_argument("--steps", type=int, default=1000)
+    md.add_argument("--pressure", type=float, default=0.0, help="GPa (npt)")
+    md.add_argument("--friction", type=float, default=0.01, help="1/fs (nvt-langevin)")
+    md.add_argument("--seed", type=int, default=0, help="seed of the initial velocities")
+    md.add_argument("--interval", type=int, default=10, help="steps between log lines and frames")
+    md.add_argument("--traj", type=Path, help="trajectory file (.traj)")
+    md.add_argument("--log", type=Path, help="log file (ASE MDLogger columns)")
+    md.add_argument("-o", "--output", type=Path, help="final structure")
+    md.set_defaults(run=_cmd_md)
     return parser
 
 

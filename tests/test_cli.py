@@ -2,6 +2,7 @@
 
 import ase.io
 import numpy as np
+import pytest
 from ase.build import bulk
 
 from mlip.cli import main
@@ -66,3 +67,40 @@ def test_create_and_predict(tmp_path, capsys):
     ase.io.write(copper, bulk("Cu", "fcc", a=3.6))
     assert main(["predict", str(model), str(copper)]) == 2
     assert "element(s) Cu not in this potential's species (Si)" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    from mlip.potential import Potential
+
+    path = tmp_path_factory.mktemp("model") / "si.mlip"
+    Potential.create("small", species=["Si"], r_cut=4.0, channels=8, mixing_hidden=16, readout_hidden=8).save(path)
+    return path
+
+
+def test_relax_command_writes_structure_and_trajectory(tiny_model, tmp_path, capsys):
+    atoms = bulk("Si", "diamond", a=5.43, cubic=True)
+    atoms.rattle(0.05, seed=0)
+    source = tmp_path / "si.xyz"
+    ase.io.write(source, atoms)
+    out = tmp_path / "relaxed.extxyz"
+    code = main(["relax", str(source), "--model", str(tiny_model), "--fmax", "0.05", "--steps", "400", "-o", str(out), "-q"])
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    assert "converged: energy" in printed and "pressure" in printed
+    relaxed = ase.io.read(out)
+    assert len(relaxed) == 8 and np.linalg.norm(relaxed.get_forces(), axis=1).max() < 0.05
+    assert len(ase.io.read(out.with_suffix(".traj"), ":")) > 1
+
+
+def test_md_command_logs_and_writes_trajectory(tiny_model, tmp_path, capsys):
+    source = tmp_path / "si.xyz"
+    ase.io.write(source, bulk("Si", "diamond", a=5.43, cubic=True))
+    log, traj = tmp_path / "md.log", tmp_path / "md.traj"
+    for ensemble in ("nve", "nvt", "npt"):
+        args = ["md", str(source), "--model", str(tiny_model), "--ensemble", ensemble, "--steps", "20",
+                "--interval", "5", "--log", str(log), "--traj", str(traj), "-q"]
+        assert main(args) == 0
+        assert "ns/day" in capsys.readouterr().out
+        assert len(log.read_text().splitlines()) == 1 + 5  # header + steps 0, 5, 10, 15, 20
+        assert len(ase.io.read(traj, ":")) == 5

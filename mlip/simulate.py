@@ -1,0 +1,157 @@
+"""Relaxation and molecular dynamics of one structure through ASE, with the mlip Calculator:
+what `mlip relax` and `mlip md` run. Outputs are written atomically; progress is shown and logged."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import ase
+import ase.io
+import numpy as np
+from ase import units
+from ase.filters import FrechetCellFilter
+from ase.io.trajectory import Trajectory
+from ase.md import MDLogger
+from ase.md.langevin import Langevin
+from ase.md.nose_hoover_chain import IsotropicMTKNPT, NoseHooverChainNVT
+from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
+from ase.md.verlet import VelocityVerlet
+from ase.optimize import BFGS, FIRE, LBFGS
+from tqdm.auto import tqdm
+
+from mlip.errors import MlipError
+from mlip.fileio import atomic_write_bytes
+from mlip.units import EV_PER_A3_TO_GPA
+
+log = logging.getLogger("mlip.simulate")
+
+OPTIMIZERS = {"fire": FIRE, "bfgs": BFGS, "lbfgs": LBFGS}
+ENSEMBLES = ("nve", "nvt", "nvt-langevin", "npt")
+
+
+def summary(atoms: ase.Atoms) -> str:
+    """Energy, max force and (for periodic cells) pressure, as one line."""
+    energy = atoms.get_potential_energy()
+    fmax = np.linalg.norm(atoms.get_forces(), axis=1).max()
+    line = f"energy {energy:.6f} eV ({energy / len(atoms):.6f} eV/atom), max |F| {fmax:.5f} eV/Å"
+    if atoms.pbc.all():
+        pressure = -np.trace(atoms.get_stress(voigt=False)) / 3 * EV_PER_A3_TO_GPA
+        line += f", pressure {pressure:.4f} GPa, volume {atoms.get_volume():.3f} Å^3"
+    return line
+
+
+def write_structure(atoms: ase.Atoms, path: Path) -> None:
+    """Write ``atoms`` (extxyz unless the suffix says otherwise) atomically, with its results."""
+    import io
+
+    buffer = io.StringIO()
+    fmt = "extxyz" if path.suffix in ("", ".xyz", ".extxyz") else None
+    ase.io.write(buffer, atoms, format=fmt or ase.io.formats.filetype(path, read=False))
+    atomic_write_bytes(path, buffer.getvalue().encode())
+
+
+def relax(
+    atoms: ase.Atoms,
+    *,
+    fmax: float = 0.05,
+    steps: int = 500,
+    relax_cell: bool = False,
+    optimizer: str = "fire",
+    trajectory: Path | None = None,
+    progress: bool = True,
+) -> bool:
+    """Relax ``atoms`` in place (calculator attached) until max |F| < fmax (eV/Å), and with
+    ``relax_cell`` the cell too (FrechetCellFilter: generalised cell force = virial / N).
+    Returns whether it converged within ``steps``."""
+    if optimizer not in OPTIMIZERS:
+        raise MlipError(f"unknown optimizer {optimizer!r}; choose one of {sorted(OPTIMIZERS)}")
+    target = FrechetCellFilter(atoms) if relax_cell else atoms
+    dynamics = OPTIMIZERS[optimizer](target, logfile=None, trajectory=None)
+    writer = Trajectory(str(trajectory), "w", atoms) if trajectory else None
+    bar = tqdm(total=steps, desc="relax", unit="step", disable=not progress, mininterval=1.0)
+    try:
+        for converged in dynamics.irun(fmax=fmax, steps=steps):
+            if writer is not None:
+                writer.write()
+            forces = target.get_forces()
+            bar.set_postfix_str(f"E={atoms.get_potential_energy():.4f} eV fmax={np.linalg.norm(forces, axis=1).max():.4f}", refresh=False)
+            bar.update(1)
+            if converged:
+                break
+    finally:
+        bar.close()
+        if writer is not None:
+            writer.close()
+    log.info("relaxation %s after %d steps", "converged" if converged else "did NOT converge", dynamics.nsteps)
+    return bool(converged)
+
+
+def make_dynamics(atoms: ase.Atoms, ensemble: str, *, temperature: float, timestep: float, pressure: float, friction: float, seed: int):
+    """An ASE integrator for ``ensemble``. temperature K, timestep fs, pressure GPa, friction 1/fs."""
+    dt = timestep * units.fs
+    if ensemble == "nve":
+        return VelocityVerlet(atoms, dt)
+    if ensemble == "nvt":
+        return NoseHooverChainNVT(atoms, dt, temperature_K=temperature, tdamp=100 * dt)
+    if ensemble == "nvt-langevin":
+        return Langevin(atoms, dt, temperature_K=temperature, friction=friction / units.fs, rng=np.random.default_rng(seed))
+    if ensemble == "npt":
+        if not atoms.pbc.all():
+            raise MlipError("NPT needs a structure periodic in all three directions")
+        return IsotropicMTKNPT(
+            atoms, dt, temperature_K=temperature, pressure_au=pressure * units.GPa, tdamp=100 * dt, pdamp=1000 * dt
+        )
+    raise MlipError(f"unknown ensemble {ensemble!r}; choose one of {ENSEMBLES}")
+
+
+def run_md(
+    atoms: ase.Atoms,
+    *,
+    ensemble: str = "nve",
+    temperature: float = 300.0,
+    timestep: float = 1.0,
+    steps: int = 1000,
+    pressure: float = 0.0,
+    friction: float = 0.01,
+    seed: int = 0,
+    interval: int = 10,
+    trajectory: Path | None = None,
+    logfile: Path | None = None,
+    progress: bool = True,
+) -> dict:
+    """Molecular dynamics of ``atoms`` (calculator attached), velocities drawn at ``temperature``
+    K. Logs every ``interval`` steps (ASE MDLogger format) and writes the trajectory. Returns
+    throughput figures: ns/day and atom-steps/s."""
+    MaxwellBoltzmannDistribution(atoms, temperature_K=temperature, rng=np.random.default_rng(seed))
+    Stationary(atoms)
+    dynamics = make_dynamics(atoms, ensemble, temperature=temperature, timestep=timestep, pressure=pressure, friction=friction, seed=seed)
+    if logfile is not None:
+        dynamics.attach(MDLogger(dynamics, atoms, str(logfile), header=True, stress=atoms.pbc.all(), mode="w"), interval=interval)
+    writer = Trajectory(str(trajectory), "w", atoms) if trajectory else None
+    if writer is not None:
+        dynamics.attach(writer.write, interval=interval)
+    bar = tqdm(total=steps, desc=f"md {ensemble}", unit="step", disable=not progress, mininterval=1.0)
+    start = time.perf_counter()
+    try:
+        for done in range(0, steps, interval):
+            chunk = min(interval, steps - done)
+            dynamics.run(chunk)
+            elapsed = time.perf_counter() - start
+            ns_per_day = (done + chunk) * timestep * 1e-6 / elapsed * 86400
+            bar.set_postfix_str(f"T={atoms.get_temperature():.0f} K, {ns_per_day:.3f} ns/day", refresh=False)
+            bar.update(chunk)
+    finally:
+        bar.close()
+        if writer is not None:
+            writer.close()
+    elapsed = time.perf_counter() - start
+    stats = {
+        "steps": steps,
+        "seconds": elapsed,
+        "ns_per_day": steps * timestep * 1e-6 / elapsed * 86400,
+        "atom_steps_per_second": steps * len(atoms) / elapsed,
+    }
+    log.info("md %s: %d steps in %.1f s, %.3f ns/day, %.3g atom-steps/s", ensemble, steps, elapsed, stats["ns_per_day"], stats["atom_steps_per_second"])
+    return stats
