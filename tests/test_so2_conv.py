@@ -156,3 +156,25 @@ def test_invalid_arguments():
     apply, params, x, radial = setup(2, 2)
     with pytest.raises(ValueError, match="radial"):
         apply(params, x, radial[:, 1:])
+
+
+@pytest.mark.parametrize("lmax, mmax", [(2, 2), (3, 2)])
+def test_scalar_path_equals_the_general_convolution_on_scalar_input(lmax, mmax):
+    from mlip.nn.edge_frame import edge_rotation, rotate_from_edge_frame, rotate_to_edge_frame
+    from mlip.nn.edge_frame import wigner_d as edge_wigner_d
+    from mlip.nn.so2_conv import ScalarSO2Convolution
+
+    rng = np.random.default_rng(7)
+    edges, c_in, c_out = 6, 4, 5
+    vectors = jnp.asarray(rng.normal(size=(edges, 3)))
+    blocks = edge_wigner_d(edge_rotation(vectors), lmax)
+    scalars = jnp.asarray(rng.normal(size=(edges, c_in)))
+    x = jnp.zeros((edges, (lmax + 1) ** 2, c_in)).at[:, 0].set(scalars)
+    radial = jnp.asarray(rng.normal(size=(edges, SO2Convolution.radial_size(lmax, mmax, c_in))))
+    general = SO2Convolution(lmax, mmax, c_out)
+    params = general.init(jax.random.PRNGKey(0), x, radial)
+    expected = rotate_from_edge_frame(general.apply(params, rotate_to_edge_frame(x, blocks), radial), blocks)
+    # The scalar path uses the l_in = 0 rows of the m = 0 weights and the (m=0, l=0) radial row.
+    w0 = params["params"]["w0"][:c_in]
+    got = ScalarSO2Convolution(lmax, c_out).apply({"params": {"w0": w0}}, scalars, radial[:, :c_in], blocks)
+    np.testing.assert_allclose(got, expected, atol=1e-12)

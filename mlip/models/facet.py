@@ -22,24 +22,35 @@ from mlip.nn.gate import Gate
 from mlip.nn.norm import EquivariantRMSNorm
 from mlip.nn.radial import RadialEmbedding
 from mlip.nn.s2_mixing import S2Mixing
-from mlip.nn.so2_conv import SO2Convolution
+from mlip.nn.so2_conv import ScalarSO2Convolution, SO2Convolution
 from mlip.nn.zbl import zbl_pair_energy
 
 
 class Interaction(nn.Module):
-    """One message-passing block on features h [N, (lmax+1)**2, C]."""
+    """One message-passing block on features h [N, (lmax+1)**2, C].
+
+    ``scalar_input``: h carries only l = 0 channels (the first block), so the convolution
+    takes the cheap exact path `ScalarSO2Convolution`.
+    """
 
     config: FacetConfig
+    scalar_input: bool = False
 
     @nn.compact
     def __call__(self, h, wigner, lengths, senders, receivers, edge_mask):
         c = self.config
-        radial_size = SO2Convolution.radial_size(c.lmax, c.mmax, c.channels)
+        if self.scalar_input:
+            radial_size = c.channels
+        else:
+            radial_size = SO2Convolution.radial_size(c.lmax, c.mmax, c.channels)
         radial = RadialEmbedding(c.num_radial, radial_size, c.r_cut, basis=c.radial_basis)(lengths)
         radial = jnp.where(edge_mask[:, None], radial, 0.0)  # padding edges carry no message
-        x_edge = rotate_to_edge_frame(h[senders], wigner)
-        message = SO2Convolution(c.lmax, c.mmax, c.channels)(x_edge, radial)
-        message = rotate_from_edge_frame(message, wigner)
+        if self.scalar_input:
+            message = ScalarSO2Convolution(c.lmax, c.channels)(h[senders, 0], radial, wigner)
+        else:
+            x_edge = rotate_to_edge_frame(h[senders], wigner)
+            message = SO2Convolution(c.lmax, c.mmax, c.channels)(x_edge, radial)
+            message = rotate_from_edge_frame(message, wigner)
         aggregated = jax.ops.segment_sum(
             message, receivers, num_segments=h.shape[0], indices_are_sorted=True
         )
@@ -79,7 +90,9 @@ class FacetModel(nn.Module):
         h = jnp.zeros((species.shape[0], dim, c.channels), vectors.dtype)
         h = h.at[:, 0, :].set(embedding.astype(vectors.dtype))
         for k in range(c.num_layers):
-            h = Interaction(c, name=f"interaction_{k}")(h, wigner, lengths, senders, receivers, edge_mask)
+            h = Interaction(c, scalar_input=k == 0, name=f"interaction_{k}")(
+                h, wigner, lengths, senders, receivers, edge_mask
+            )
         scalars = h[:, 0, :]
         hidden = nn.silu(nn.Dense(c.readout_hidden, name="readout_hidden")(scalars))
         out = nn.Dense(1, name="readout_out")(hidden)[:, 0]

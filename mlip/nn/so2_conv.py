@@ -117,3 +117,31 @@ class SO2Convolution(nn.Module):
             return weight
         w1, w2 = weight
         return jnp.block([[w1, w2], [-w2, w1]])
+
+
+class ScalarSO2Convolution(nn.Module):
+    """The SO(2) convolution of scalar-only features, as in the first interaction block.
+
+    When the sender carries only l = 0 channels, its edge-frame features are those scalars
+    (D^0 = 1), only the m = 0 map acts, and only its l_in = 0 rows matter: the message in the
+    edge frame is y[l, m=0] = (x * radial) W_l, for l = 0..lmax. Rotating back keeps row m = 0
+    of each D^l, i.e. the direction's spherical harmonic Y_l(r̂) up to normalisation. This is
+    what `SO2Convolution` computes on such input, without the (lmax+1)^2-wide rotations and
+    the m > 0 blocks that would multiply zeros (about a quarter of a small-preset call).
+
+    Call: ``(scalars [E, C_in], radial [E, C_in], wigner blocks) -> [E, (lmax+1)**2, C_out]``,
+    already rotated back to the global frame.
+    """
+
+    lmax: int
+    channels_out: int
+
+    @nn.compact
+    def __call__(self, scalars, radial, wigner):
+        num_edges, channels_in = scalars.shape
+        weight = self.param(
+            "w0", nn.initializers.normal(channels_in**-0.5), (channels_in, (self.lmax + 1) * self.channels_out), scalars.dtype
+        )
+        y = ((scalars * radial) @ weight).reshape(num_edges, self.lmax + 1, self.channels_out)
+        # Row m = 0 of D^l sits at index l of the block (m runs -l..l).
+        return jnp.concatenate([wigner[l][:, l, :, None] * y[:, l, None, :] for l in range(self.lmax + 1)], axis=1)
