@@ -29,7 +29,6 @@ for _name in (
 ):
     os.environ[_name] = "1"
 
-import platform  # noqa: E402
 import time  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -39,6 +38,7 @@ from ase.neighborlist import primitive_neighbor_list  # noqa: E402
 from matscipy.neighbours import neighbour_list as matscipy_neighbour_list  # noqa: E402
 
 from mlip.data.neighbors import neighbor_list  # noqa: E402
+from machine import cpu_model  # noqa: E402  (benchmarks/machine.py)
 
 CUTOFF = 5.0  # Å
 SIZES = (1_000, 10_000, 100_000)
@@ -138,18 +138,6 @@ def benchmark_row(name, system, ase_estimate_s: float) -> tuple[str, float | Non
     else:
         cells.append(f"skipped (est. {ase_estimate_s:.0f} s > {ASE_LIMIT_S:.0f} s)")
     return "| " + " | ".join(cells) + " |", best.get("ase")
-
-
-def cpu_model() -> str:
-    """The CPU's model name as lscpu reports it (Linux), else the platform's machine type."""
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.machine()
 
 
 def main():
