@@ -1,0 +1,189 @@
+"""MACE side of benchmarks/bench_potential.py: a timing server run with the peers' Python.
+
+Not meant to be run by hand. ``bench_potential.py`` starts it as
+
+    .venv-peers/bin/python benchmarks/peers/mace_timing.py
+
+(inheriting its single-core affinity) and talks to it with one JSON object per line on
+stdin/stdout, so that the two sides can be timed round after round, interleaved:
+
+    {"cmd": "setup", "xyz": path, "dtype": "float32", "r_max": 5.0, "seed": 0}
+        -> {"versions": {...}, "models": {name: {"params": n, "elements": k}},
+            "systems": [{"atoms": n, "edges": e}, ...]}
+    {"cmd": "warmup", "model": name, "system": i, "calls": 1} -> {"first_s": t}
+    {"cmd": "time", "model": name, "system": i}      -> {"seconds": t, "energy": e}
+    {"cmd": "data", "system": i}                     -> {"seconds": t}
+    {"cmd": "quit"}
+
+Models (random weights, architecture of MACE-MP-0 "small", the 2023-12-10-mace-128-L0_energy
+run of the mace-mp repository: ScaleShiftMACE, hidden irreps 128x0e, max_ell 3, correlation 3,
+2 interactions, RealAgnosticResidualInteractionBlock first and after, radial MLP [64, 64, 64],
+MLP_irreps 16x0e, SiLU gate; cutoff and Bessel count as given):
+
+- "mp0": the 89 elements H..Ac of MACE-MP-0, as the foundation model has them;
+- "2el": only Si and Cu, the species of the mlip models it is compared with.
+
+The element count matters for speed: MACE's residual skip connection is a tensor product of
+the node features with the one-hot species (128 x n_elements x 128 weights per layer), and its
+symmetric contraction has weights per element.
+
+A "time" call is one energy + forces + stress evaluation, the model's normal path:
+``model(batch, compute_force=True, compute_stress=True, training=False)`` (autograd, no
+torch.no_grad), on a batch built once per system. "data" times what a MACE calculator does per
+step before that: the neighbour list (matscipy), AtomicData and collation into a batch.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+# The protocol gets its own copy of stdout; fd 1 then points at stderr, so that whatever the
+# libraries print (at import or later, from Python or C) cannot corrupt the JSON lines.
+PROTOCOL = os.fdopen(os.dup(1), "w", buffering=1)
+os.dup2(2, 1)
+sys.stdout = sys.stderr
+
+for _name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS"):
+    os.environ[_name] = "1"
+
+import json  # noqa: E402
+import time  # noqa: E402
+import warnings  # noqa: E402
+
+warnings.filterwarnings("ignore")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
+torch.set_num_interop_threads(1)
+# e3nn 0.4.4 loads its own constants with torch.load, whose weights_only default (torch >= 2.6)
+# rejects the `slice` objects in that file; it is e3nn's packaged file, so allow them.
+torch.serialization.add_safe_globals([slice])
+
+import ase  # noqa: E402
+import ase.io  # noqa: E402
+import e3nn  # noqa: E402
+import mace  # noqa: E402
+from e3nn import o3  # noqa: E402
+from mace import data as mace_data  # noqa: E402
+from mace import modules, tools  # noqa: E402
+from mace.tools import torch_geometric  # noqa: E402
+
+MP0_ELEMENTS = list(range(1, 90))  # H..Ac, the z table of MACE-MP-0
+TWO_ELEMENTS = [14, 29]  # Si, Cu
+AVG_NUM_NEIGHBORS = 30.0  # a constant normaliser; it does not change the cost
+
+
+def build_model(elements: list[int], r_max: float, num_bessel: int) -> torch.nn.Module:
+    interaction = modules.interaction_classes["RealAgnosticResidualInteractionBlock"]
+    model = modules.ScaleShiftMACE(
+        r_max=r_max,
+        num_bessel=num_bessel,
+        num_polynomial_cutoff=5,
+        max_ell=3,
+        interaction_cls=interaction,
+        interaction_cls_first=interaction,
+        num_interactions=2,
+        num_elements=len(elements),
+        hidden_irreps=o3.Irreps("128x0e"),
+        MLP_irreps=o3.Irreps("16x0e"),
+        atomic_energies=np.zeros(len(elements)),
+        avg_num_neighbors=AVG_NUM_NEIGHBORS,
+        atomic_numbers=elements,
+        correlation=3,
+        gate=torch.nn.functional.silu,
+        radial_MLP=[64, 64, 64],
+        radial_type="bessel",
+        atomic_inter_scale=1.0,
+        atomic_inter_shift=0.0,
+    )
+    return model.eval()
+
+
+def make_batch(atoms: ase.Atoms, z_table, r_max: float) -> dict:
+    """What MACECalculator does per step: neighbour list, AtomicData, collation."""
+    config = mace_data.config_from_atoms(atoms)
+    data = mace_data.AtomicData.from_config(config, z_table=z_table, cutoff=r_max)
+    loader = torch_geometric.dataloader.DataLoader([data], batch_size=1, shuffle=False, drop_last=False)
+    return next(iter(loader)).to_dict()
+
+
+class Server:
+    def __init__(self):
+        self.models, self.tables, self.batches, self.structures = {}, {}, {}, []
+        self.r_max = 5.0
+
+    def setup(self, xyz: str, dtype: str, r_max: float, num_bessel: int, seed: int):
+        torch.set_default_dtype(getattr(torch, dtype))
+        torch.manual_seed(seed)
+        self.r_max = r_max
+        self.structures = ase.io.read(xyz, index=":")
+        self.models, self.tables, self.batches = {}, {}, {}
+        info = {}
+        for name, elements in (("mp0", MP0_ELEMENTS), ("2el", TWO_ELEMENTS)):
+            self.models[name] = build_model(elements, r_max, num_bessel)
+            self.tables[name] = tools.AtomicNumberTable(elements)
+            self.batches[name] = [make_batch(a, self.tables[name], r_max) for a in self.structures]
+            info[name] = {
+                "params": int(sum(p.numel() for p in self.models[name].parameters())),
+                "elements": len(elements),
+            }
+        systems = [
+            {"atoms": len(a), "edges": int(b["edge_index"].shape[1])}
+            for a, b in zip(self.structures, self.batches["mp0"])
+        ]
+        versions = {
+            "torch": torch.__version__,
+            "mace-torch": mace.__version__,
+            "e3nn": e3nn.__version__,
+            "numpy": np.__version__,
+            "threads": torch.get_num_threads(),
+        }
+        return {"versions": versions, "models": info, "systems": systems}
+
+    def evaluate(self, model: str, system: int):
+        out = self.models[model](
+            self.batches[model][system], compute_force=True, compute_stress=True, training=False
+        )
+        assert out["forces"] is not None and out["stress"] is not None
+        return float(out["energy"].detach().sum())
+
+    def warmup(self, model: str, system: int, calls: int):
+        start = time.perf_counter()
+        self.evaluate(model, system)
+        first = time.perf_counter() - start
+        for _ in range(calls - 1):
+            self.evaluate(model, system)
+        return {"first_s": first}
+
+    def time(self, model: str, system: int):
+        start = time.perf_counter()
+        energy = self.evaluate(model, system)
+        return {"seconds": time.perf_counter() - start, "energy": energy}
+
+    def data(self, system: int):
+        start = time.perf_counter()
+        make_batch(self.structures[system], self.tables["mp0"], self.r_max)
+        return {"seconds": time.perf_counter() - start}
+
+
+def main():
+    server = Server()
+    out = PROTOCOL
+    for line in sys.stdin:
+        request = json.loads(line)
+        command = request.pop("cmd")
+        if command == "quit":
+            break
+        try:
+            reply = getattr(server, command)(**request)
+        except Exception as exc:  # report to the orchestrator instead of dying silently
+            reply = {"error": f"{type(exc).__name__}: {exc}"}
+        out.write(json.dumps(reply) + "\n")
+        out.flush()
+
+
+if __name__ == "__main__":
+    main()
