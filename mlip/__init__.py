@@ -1,7 +1,13 @@
 """mlip: machine-learned interatomic potentials in JAX.
 
-Public entry points grow with the project; today they are the data layer in :mod:`mlip.data`
-(readers, neighbour lists, padded graph batches, the packing loader and sharded datasets).
+    mlip.Potential    a model's config + parameters; energy, forces and stress (mlip.potential)
+    mlip.Calculator   the ASE calculator (mlip.calculator)
+    mlip.data         readers, neighbour lists, padded graph batches, loader, shards
 """
 
 __version__ = "0.1.0"
+
+from mlip.calculator import Calculator  # noqa: E402
+from mlip.potential import Potential  # noqa: E402
+
+__all__ = ["Calculator", "Potential", "__version__"]

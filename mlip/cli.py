@@ -325,6 +325,9 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("mlip: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into e.g. `head`, which closed early
+        sys.stderr.close()
+        return 0
     return 0
 
 
