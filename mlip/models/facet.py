@@ -39,10 +39,7 @@ class Interaction(nn.Module):
     @nn.compact
     def __call__(self, h, wigner, lengths, senders, receivers, edge_mask):
         c = self.config
-        if self.scalar_input:
-            radial_size = c.channels
-        else:
-            radial_size = SO2Convolution.radial_size(c.lmax, c.mmax, c.channels)
+        radial_size = c.channels if self.scalar_input else SO2Convolution.radial_size(c.lmax, c.mmax, c.channels)
         radial = RadialEmbedding(c.num_radial, radial_size, c.r_cut, basis=c.radial_basis)(lengths)
         radial = jnp.where(edge_mask[:, None], radial, 0.0)  # padding edges carry no message
         if self.scalar_input:
