@@ -33,18 +33,7 @@ from __future__ import annotations
 
 import os
 
-
-def set_single_thread_env() -> None:
-    """One thread for every library, set before numpy/JAX load. XLA's CPU client sizes its
-    thread pool from the CPU affinity (hence taskset), and Eigen's own multi-threading is
-    switched off explicitly."""
-    for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS"):
-        os.environ[name] = "1"
-    flags = os.environ.get("XLA_FLAGS", "")
-    if "xla_cpu_multi_thread_eigen" not in flags:
-        os.environ["XLA_FLAGS"] = (flags + " --xla_cpu_multi_thread_eigen=false").strip()
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
+from machine import cpu_model, set_single_thread_env  # benchmarks/machine.py
 
 set_single_thread_env()
 
@@ -60,7 +49,6 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 from ase.build import bulk  # noqa: E402
-from machine import cpu_model  # noqa: E402  (benchmarks/machine.py)
 
 CUTOFF = 5.0  # Å, for mlip and MACE alike
 RATTLE = 0.03  # Å

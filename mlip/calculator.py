@@ -23,7 +23,7 @@ from ase.stress import full_3x3_to_voigt_6_stress
 
 from mlip.data.frame import check_min_distance, frame_from_atoms, validate_frame
 from mlip.data.graph import Graph, collate
-from mlip.data.neighbors import neighbor_list
+from mlip.data.neighbors import Edges, edge_vectors_numpy, neighbor_list
 from mlip.data.padding import BucketLadder
 from mlip.potential import Potential
 
@@ -130,6 +130,10 @@ class Calculator(AseCalculator):
         frame = validate_frame(frame_from_atoms(atoms), close_atoms="ignore")
         self.potential.check_species(frame.numbers)
         edges = self.neighbors.edges(atoms)
+        # Edges between r_cut and r_cut + skin contribute exactly zero: drop them before
+        # padding rather than pay for them (a 0.5 Å skin adds ~30% edges at 5 Å).
+        lengths = np.linalg.norm(edge_vectors_numpy(frame.positions, frame.cell, edges), axis=1)
+        edges = Edges(*(array[lengths < self.potential.config.r_cut] for array in edges))
         check_min_distance(frame, edges, self.min_distance)
         graph = Graph(frame, edges.senders, edges.receivers, edges.shifts)
         shape = self.ladder.shape_for(graph.n_node, graph.n_edge, 1)

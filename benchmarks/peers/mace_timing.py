@@ -15,10 +15,8 @@ stdin/stdout, so that the two sides can be timed round after round, interleaved:
     {"cmd": "data", "system": i}                     -> {"seconds": t}
     {"cmd": "quit"}
 
-Models (random weights, architecture of MACE-MP-0 "small", the 2023-12-10-mace-128-L0_energy
-run of the mace-mp repository: ScaleShiftMACE, hidden irreps 128x0e, max_ell 3, correlation 3,
-2 interactions, RealAgnosticResidualInteractionBlock first and after, radial MLP [64, 64, 64],
-MLP_irreps 16x0e, SiLU gate; cutoff and Bessel count as given):
+Models (random weights, architecture of MACE-MP-0 "small", built by mace_model.py; cutoff and
+Bessel count as given):
 
 - "mp0": the 89 elements H..Ac of MACE-MP-0, as the foundation model has them;
 - "2el": only Si and Cu, the species of the mlip models it is compared with.
@@ -58,48 +56,17 @@ import torch  # noqa: E402
 
 torch.set_num_threads(1)
 torch.set_num_interop_threads(1)
-# e3nn 0.4.4 loads its own constants with torch.load, whose weights_only default (torch >= 2.6)
-# rejects the `slice` objects in that file; it is e3nn's packaged file, so allow them.
-torch.serialization.add_safe_globals([slice])
+
+# First: it lets e3nn load its packaged constants (see mace_model.py).
+from mace_model import MP0_ELEMENTS, TWO_ELEMENTS, build_model  # noqa: E402  (benchmarks/peers/)
 
 import ase  # noqa: E402
 import ase.io  # noqa: E402
 import e3nn  # noqa: E402
 import mace  # noqa: E402
-from e3nn import o3  # noqa: E402
 from mace import data as mace_data  # noqa: E402
-from mace import modules, tools  # noqa: E402
+from mace import tools  # noqa: E402
 from mace.tools import torch_geometric  # noqa: E402
-
-MP0_ELEMENTS = list(range(1, 90))  # H..Ac, the z table of MACE-MP-0
-TWO_ELEMENTS = [14, 29]  # Si, Cu
-AVG_NUM_NEIGHBORS = 30.0  # a constant normaliser; it does not change the cost
-
-
-def build_model(elements: list[int], r_max: float, num_bessel: int) -> torch.nn.Module:
-    interaction = modules.interaction_classes["RealAgnosticResidualInteractionBlock"]
-    model = modules.ScaleShiftMACE(
-        r_max=r_max,
-        num_bessel=num_bessel,
-        num_polynomial_cutoff=5,
-        max_ell=3,
-        interaction_cls=interaction,
-        interaction_cls_first=interaction,
-        num_interactions=2,
-        num_elements=len(elements),
-        hidden_irreps=o3.Irreps("128x0e"),
-        MLP_irreps=o3.Irreps("16x0e"),
-        atomic_energies=np.zeros(len(elements)),
-        avg_num_neighbors=AVG_NUM_NEIGHBORS,
-        atomic_numbers=elements,
-        correlation=3,
-        gate=torch.nn.functional.silu,
-        radial_MLP=[64, 64, 64],
-        radial_type="bessel",
-        atomic_inter_scale=1.0,
-        atomic_inter_shift=0.0,
-    )
-    return model.eval()
 
 
 def make_batch(atoms: ase.Atoms, z_table, r_max: float) -> dict:
