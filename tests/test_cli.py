@@ -15,7 +15,7 @@ def test_inspect_bundled_structure(capsys):
     assert "Si64, 64 atoms, pbc=TTT" in out
     # Diamond Si within 5 Å: 4 + 12 + 12 neighbours (the 4th shell is at 5.43 Å).
     assert "1792 (28.00 neighbours per atom)" in out
-    assert "read 1 frames" in out
+    assert "read 1 frame\n" in out
 
 
 def test_inspect_reports_bad_input_in_one_line(tmp_path, capsys):

@@ -48,7 +48,7 @@ class ReadReport:
 
     def summary(self) -> str:
         """One line, e.g. "read 998 frames, skipped 2 (see warnings)"."""
-        text = f"read {self.read} frames"
+        text = f"read {self.read} frame{'' if self.read == 1 else 's'}"
         return text + (f", skipped {self.skipped} (see warnings)" if self.skipped else "")
 
 
