@@ -17,17 +17,10 @@ come from the extxyz file, so that both sides start from the same state. Velocit
 
 from __future__ import annotations
 
-import os
-import sys
 
-# The result gets its own copy of stdout; fd 1 then points at stderr, so that whatever the
-# libraries print cannot corrupt the JSON line.
-RESULT = os.fdopen(os.dup(1), "w", buffering=1)
-os.dup2(2, 1)
-sys.stdout = sys.stderr
+from peer_process import json_channel_on_one_thread  # noqa: E402
 
-for _name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS"):
-    os.environ[_name] = "1"
+RESULT = json_channel_on_one_thread()
 
 import argparse  # noqa: E402
 import json  # noqa: E402

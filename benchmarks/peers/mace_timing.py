@@ -33,17 +33,11 @@ step before that: the neighbour list (matscipy), AtomicData and collation into a
 
 from __future__ import annotations
 
-import os
 import sys
 
-# The protocol gets its own copy of stdout; fd 1 then points at stderr, so that whatever the
-# libraries print (at import or later, from Python or C) cannot corrupt the JSON lines.
-PROTOCOL = os.fdopen(os.dup(1), "w", buffering=1)
-os.dup2(2, 1)
-sys.stdout = sys.stderr
+from peer_process import json_channel_on_one_thread  # noqa: E402
 
-for _name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS"):
-    os.environ[_name] = "1"
+PROTOCOL = json_channel_on_one_thread()
 
 import json  # noqa: E402
 import time  # noqa: E402
