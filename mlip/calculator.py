@@ -128,13 +128,14 @@ class Calculator(AseCalculator):
         super().calculate(atoms, properties, system_changes)
         atoms = self.atoms
         frame = validate_frame(frame_from_atoms(atoms), close_atoms="ignore")
-        self.potential.check_species(frame.numbers)
+        self.potential.check_species(frame.numbers)  # before the neighbour list: fail fast
         edges = self.neighbors.edges(atoms)
         # Edges between r_cut and r_cut + skin contribute exactly zero: drop them before
         # padding rather than pay for them (a 0.5 Å skin adds ~30% edges at 5 Å).
         lengths = np.linalg.norm(edge_vectors_numpy(frame.positions, frame.cell, edges), axis=1)
-        edges = Edges(*(array[lengths < self.potential.config.r_cut] for array in edges))
-        check_min_distance(frame, edges, self.min_distance)
+        inside = lengths < self.potential.config.r_cut
+        edges = Edges(*(array[inside] for array in edges))
+        check_min_distance(frame, edges, self.min_distance, lengths=lengths[inside])
         graph = Graph(frame, edges.senders, edges.receivers, edges.shifts)
         shape = self.ladder.shape_for(graph.n_node, graph.n_edge, 1)
         # Simulation wants full float32 matmuls, not TF32 (the default on GPUs).

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable
 
 import numpy as np
 from ase.data import chemical_symbols
@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from mlip.data.frame import Frame
 from mlip.data.graph import Graph, GraphBatch, build_graph, collate
+from mlip.data.loader import pack_graphs
 from mlip.data.padding import BucketLadder
 from mlip.data.readers import read_frames
 from mlip.data.shards import ShardedDataset
@@ -190,7 +191,7 @@ def evaluate(
     graphs = (_checked_graph(potential, frame) for frame in frames)
     metrics, previous = Metrics(), None
     with tqdm(total=total, unit=" frames", desc="evaluating", disable=not progress, delay=1.0) as bar:
-        for group in _pack(graphs, max_nodes, max_edges, max_graphs):
+        for group in pack_graphs(graphs, max_nodes, max_edges, max_graphs):
             batch = collate(group, *_padded_shape(group, max_nodes, max_edges, max_graphs))
             current = (batch, potential(batch._replace(labels=None)))  # dispatched asynchronously
             if previous is not None:  # the host reads the last batch while this one runs
@@ -208,22 +209,6 @@ def _checked_graph(potential: Potential, frame: Frame) -> Graph:
     except MlipError as exc:
         raise frame.error(str(exc)) from None
     return build_graph(frame, potential.config.r_cut)
-
-
-def _pack(graphs: Iterable[Graph], max_nodes: int, max_edges: int, max_graphs: int) -> Iterator[list[Graph]]:
-    """Consecutive groups of graphs, each as large as fits the budgets (at least one graph)."""
-    group: list[Graph] = []
-    nodes = edges = 0
-    for graph in graphs:
-        if group and (nodes + graph.n_node > max_nodes or edges + graph.n_edge > max_edges
-                      or len(group) == max_graphs):
-            yield group
-            group, nodes, edges = [], 0, 0
-        group.append(graph)
-        nodes += graph.n_node
-        edges += graph.n_edge
-    if group:
-        yield group
 
 
 def _padded_shape(group: list[Graph], max_nodes: int, max_edges: int, max_graphs: int) -> tuple[int, int, int]:

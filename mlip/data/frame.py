@@ -237,13 +237,16 @@ def _check_distances(frame: Frame, min_distance: float, policy: CloseAtomsPolicy
 
 
 def check_min_distance(
-    frame: Frame, edges: Edges, min_distance: float, policy: CloseAtomsPolicy = "error"
+    frame: Frame, edges: Edges, min_distance: float, policy: CloseAtomsPolicy = "error",
+    lengths: np.ndarray | None = None,
 ) -> None:
     """Raise (or warn) if any edge of ``edges`` (a neighbour list of ``frame`` with a cutoff
-    of at least ``min_distance``) is shorter than ``min_distance`` Å."""
+    of at least ``min_distance``) is shorter than ``min_distance`` Å. ``lengths``: the edge
+    lengths [n_edges] in Å when the caller already has them."""
     if len(edges.senders) == 0 or policy == "ignore":
         return
-    lengths = np.linalg.norm(edge_vectors_numpy(frame.positions, frame.cell, edges), axis=1)
+    if lengths is None:
+        lengths = np.linalg.norm(edge_vectors_numpy(frame.positions, frame.cell, edges), axis=1)
     e = int(np.argmin(lengths))
     if lengths[e] >= min_distance:
         return

@@ -15,7 +15,7 @@ shards, so streaming from disk touches one window at a time and memory stays con
 from __future__ import annotations
 
 import logging
-from typing import Iterator, Protocol, Sequence
+from typing import Iterable, Iterator, Protocol, Sequence
 
 import numpy as np
 
@@ -57,6 +57,28 @@ def epoch_order(
         indices = np.concatenate([np.arange(start, stop) for start, stop in window])
         parts.append(rng.permutation(indices))
     return np.concatenate(parts) if parts else np.zeros(0, np.int64)
+
+
+def pack_graphs(
+    graphs: Iterable[Graph], max_nodes: int, max_edges: int, max_graphs: int
+) -> Iterator[list[Graph]]:
+    """Consecutive groups of ``graphs``, each filled greedily until the next graph would exceed
+    a node, edge or graph budget (a group always holds at least one graph)."""
+    group: list[Graph] = []
+    nodes = edges = 0
+    for graph in graphs:
+        if group and (
+            nodes + graph.n_node > max_nodes
+            or edges + graph.n_edge > max_edges
+            or len(group) == max_graphs
+        ):
+            yield group
+            group, nodes, edges = [], 0, 0
+        group.append(graph)
+        nodes += graph.n_node
+        edges += graph.n_edge
+    if group:
+        yield group
 
 
 class GraphLoader:
@@ -107,22 +129,9 @@ class GraphLoader:
             shard_ranges=getattr(self.dataset, "shard_ranges", None),
             shuffle_shards=self.shuffle_shards,
         )
-        pending: list[Graph] = []
-        nodes = edges = 0
-        for index in order:
-            graph = self._graph(int(index))
-            if pending and (
-                nodes + graph.n_node > self.max_nodes
-                or edges + graph.n_edge > self.max_edges
-                or len(pending) == self.max_graphs
-            ):
-                yield self._collate(pending, nodes, edges)
-                pending, nodes, edges = [], 0, 0
-            pending.append(graph)
-            nodes += graph.n_node
-            edges += graph.n_edge
-        if pending:
-            yield self._collate(pending, nodes, edges)
+        graphs = (self._graph(int(index)) for index in order)
+        for group in pack_graphs(graphs, self.max_nodes, self.max_edges, self.max_graphs):
+            yield self._collate(group)
 
     def __iter__(self) -> Iterator[GraphBatch]:
         return self.epoch(0)
@@ -139,6 +148,7 @@ class GraphLoader:
             )
         return graph
 
-    def _collate(self, graphs: list[Graph], nodes: int, edges: int) -> GraphBatch:
+    def _collate(self, graphs: list[Graph]) -> GraphBatch:
+        nodes, edges = sum(g.n_node for g in graphs), sum(g.n_edge for g in graphs)
         shape = self.ladder.shape_for(nodes, edges, len(graphs))
         return collate(graphs, *shape, dtype=self.dtype)
