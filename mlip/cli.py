@@ -195,6 +195,33 @@ def _cmd_md(args) -> None:
     print(f"{stats['ns_per_day']:.4f} ns/day, {stats['atom_steps_per_second']:.4g} atom-steps/s")
 
 
+def _cmd_train(args) -> None:
+    import jax
+    import yaml
+
+    if args.distributed:  # one process per host; unset values are detected (SLURM, Open MPI, ...)
+        jax.distributed.initialize(args.coordinator, args.num_processes, args.process_id)
+    from mlip.calculator import enable_compilation_cache
+    from mlip.train import load_config, train
+
+    enable_compilation_cache()  # a resumed run skips most compilation
+    overrides: dict = {}
+    for item in args.set or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise MlipError(f"--set expects KEY=VALUE (e.g. training.epochs=10), got {item!r}")
+        node = overrides
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = yaml.safe_load(value)
+    config = load_config(args.config, overrides)
+    if config.training.precision == "float64":
+        jax.config.update("jax_enable_x64", True)
+    result = train(config, resume=args.resume, progress=not args.quiet)
+    print(f"trained {result.steps} steps; best model {result.best_path}")
+
+
 def _add_simulation_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("structure", type=Path, help="structure file (any supported format; first frame)")
     parser.add_argument("--model", type=Path, required=True, help="potential file (from training or mlip create)")
@@ -246,6 +273,26 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     create.add_argument("-o", "--output", type=Path, required=True, help="potential file to write (e.g. model.mlip)")
     create.set_defaults(run=_cmd_create)
+
+    train = commands.add_parser(
+        "train",
+        help="train or fine-tune a potential from a YAML config",
+        description="Train a potential as CONFIG (YAML) says: data, model, loss, optimiser, "
+        "schedule, epochs (see the README and mlip/train/config.py for every key). Writes the "
+        "resolved config, logs, metrics.csv/jsonl, checkpoints and best.mlip/last.mlip to the "
+        "config's output_dir. Ctrl-C writes a checkpoint; --resume continues exactly there.",
+    )
+    train.add_argument("config", type=Path, help="training config, YAML")
+    train.add_argument("--resume", action="store_true", help="continue the run in output_dir from its newest checkpoint")
+    train.add_argument("--set", action="append", metavar="KEY=VALUE",
+                       help="override a config value, e.g. --set training.epochs=10 (repeatable)")
+    train.add_argument("--distributed", action="store_true",
+                       help="multi-host: run once per host; calls jax.distributed.initialize() first")
+    train.add_argument("--coordinator", help="with --distributed: HOST:PORT of process 0 (else detected)")
+    train.add_argument("--num-processes", type=int, help="with --distributed: number of processes (else detected)")
+    train.add_argument("--process-id", type=int, help="with --distributed: this process's rank (else detected)")
+    train.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    train.set_defaults(run=_cmd_train)
 
     predict = commands.add_parser(
         "predict",

@@ -77,3 +77,37 @@ def _place(rng, n_atoms, cell, pbc, min_distance):
         if not np.any(edges.receivers == len(trial) - 1):
             positions = trial
     raise ValueError(f"could not place {n_atoms} atoms {min_distance} Å apart in the cell")
+
+
+def lennard_jones_frames(
+    rng: np.random.Generator,
+    n_frames: int,
+    n_atoms: int,
+    *,
+    elements=(14,),
+    size: float = 6.0,
+    epsilon: float = 0.1,
+    sigma: float = 2.3,
+    rattle: float = 0.15,
+) -> list[Frame]:
+    """Periodic structures labelled by a smooth Lennard-Jones potential (ASE's, cutoff 3 sigma):
+    real, consistent energy (eV), forces (eV/Å) and stress (eV/Å^3) for training tests.
+
+    Atoms sit near a jittered simple-cubic grid of ``n_atoms`` sites in a cube of side ``size``
+    Å (so they never overlap), displaced by N(0, ``rattle``) Å.
+    """
+    import ase
+    from ase.calculators.lj import LennardJones
+
+    side = int(np.ceil(n_atoms ** (1 / 3)))
+    grid = np.stack(np.meshgrid(*[np.arange(side)] * 3, indexing="ij"), -1).reshape(-1, 3)[:n_atoms]
+    frames = []
+    for _ in range(n_frames):
+        cell = np.diag(rng.uniform(0.95, 1.05, 3) * size)
+        positions = (grid + 0.5) / side @ cell + rng.normal(0, rattle, (n_atoms, 3))
+        atoms = ase.Atoms(numbers=rng.choice(np.asarray(elements), n_atoms), positions=positions, cell=cell, pbc=True)
+        atoms.calc = LennardJones(epsilon=epsilon, sigma=sigma, rc=3 * sigma, smooth=True)
+        frames.append(make_frame(atoms.numbers, atoms.positions, atoms.cell.array, atoms.pbc,
+                                 atoms.get_potential_energy(), atoms.get_forces(),
+                                 atoms.get_stress(voigt=False)))
+    return frames

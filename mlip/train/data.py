@@ -1,0 +1,96 @@
+"""Opening a run's datasets: files read into memory, converted directories streamed from disk,
+several sources concatenated, and a seeded train/validation split."""
+
+from __future__ import annotations
+
+import bisect
+import logging
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from mlip.data.frame import Frame
+from mlip.data.loader import FrameDataset
+from mlip.data.readers import ReadReport, read_frames
+from mlip.data.shards import ShardedDataset
+from mlip.errors import MlipError
+
+log = logging.getLogger("mlip.train")
+
+
+class Concat:
+    """Several datasets as one (random access across them)."""
+
+    def __init__(self, parts: Sequence[FrameDataset]):
+        self.parts = list(parts)
+        self.starts = np.concatenate([[0], np.cumsum([len(p) for p in self.parts])]).astype(np.int64)
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    def __getitem__(self, i: int) -> Frame:
+        k = bisect.bisect_right(self.starts, i) - 1
+        return self.parts[k][i - int(self.starts[k])]
+
+    @property
+    def shard_ranges(self) -> list[tuple[int, int]] | None:
+        """Contiguous ranges to shuffle within (each part's shards, or the whole part)."""
+        ranges = []
+        for part, start in zip(self.parts, self.starts):
+            inner = getattr(part, "shard_ranges", None) or [(0, len(part))]
+            ranges += [(int(start) + a, int(start) + b) for a, b in inner]
+        return ranges if any(hasattr(p, "shard_ranges") for p in self.parts) else None
+
+
+class Subset:
+    """The frames of ``dataset`` at ``indices`` (ascending), keeping shard locality."""
+
+    def __init__(self, dataset: FrameDataset, indices: np.ndarray):
+        self.dataset, self.indices = dataset, np.sort(np.asarray(indices, np.int64))
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> Frame:
+        return self.dataset[int(self.indices[i])]
+
+    @property
+    def shard_ranges(self) -> list[tuple[int, int]] | None:
+        ranges = getattr(self.dataset, "shard_ranges", None)
+        if ranges is None:
+            return None
+        bounds = [(int(np.searchsorted(self.indices, a)), int(np.searchsorted(self.indices, b))) for a, b in ranges]
+        return [(a, b) for a, b in bounds if b > a]
+
+
+def open_frames(paths: str | Sequence[str], read_options: dict, *, what: str) -> FrameDataset:
+    """A dataset from one or several sources: a directory written by ``mlip convert`` is
+    streamed from disk, any other file is read (and validated) into memory."""
+    paths = [paths] if isinstance(paths, str) else list(paths)
+    parts = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            parts.append(ShardedDataset(path))
+        elif path.is_file():
+            report = ReadReport()
+            frames = list(read_frames(path, report=report, **read_options))
+            if report.skipped:
+                log.warning("%s: %s", path, report.summary())
+            parts.append(frames)
+        else:
+            raise MlipError(f"{what} data {path}: no such file or directory")
+    dataset = parts[0] if len(parts) == 1 else Concat(parts)
+    if len(dataset) == 0:
+        raise MlipError(f"{what} data {', '.join(paths)}: no frames")
+    return dataset
+
+
+def split(dataset: FrameDataset, valid_fraction: float, seed: int) -> tuple[Subset, Subset]:
+    """Random (seeded) split into training and validation subsets."""
+    n = len(dataset)
+    n_valid = max(1, int(round(valid_fraction * n)))
+    if n_valid >= n:
+        raise MlipError(f"cannot split {n} frame(s) into training and validation sets")
+    order = np.random.default_rng(seed).permutation(n)
+    return Subset(dataset, order[n_valid:]), Subset(dataset, order[:n_valid])

@@ -1,0 +1,391 @@
+"""`train(config)`: the training run, from data files to a saved `Potential`.
+
+Output directory layout:
+    config.yaml        the resolved config (every default filled in)
+    train.log          what the run did (also on the console)
+    metrics.jsonl/csv  one row per validation: epoch, step, lr, train loss, validation errors
+    checkpoints/       ckpt-<step>.npz, the newest training.keep_checkpoints of them
+    best.mlip          EMA parameters of the epoch with the lowest validation loss
+    last.mlip          EMA parameters at the end
+    test_metrics.json  errors of best.mlip on data.test (when given)
+
+Resuming (``resume=True``, ``mlip train CONFIG --resume``) restores the newest checkpoint and
+continues at the exact step it stopped: the data order of an epoch depends only on the seed
+and the epoch, so the interrupted epoch is regenerated and its finished steps skipped. Ctrl-C
+(SIGINT) finishes the current step, writes a checkpoint and stops.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import logging
+import math
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import yaml
+from tqdm.auto import tqdm
+
+from mlip.data.loader import FrameDataset
+from mlip.errors import MlipError
+from mlip.evaluate import Metrics, evaluate
+from mlip.fileio import atomic_write_bytes
+from mlip.models.config import FacetConfig
+from mlip.potential import Potential, _check_dtype, init_params
+from mlip.train.batches import StepBatches, prefetch
+from mlip.train.checkpoint import list_checkpoints, load_checkpoint, read_loop_state, save_checkpoint
+from mlip.train.config import TrainConfig
+from mlip.train.data import open_frames, split
+from mlip.train.loss import Terms
+from mlip.train.model import describe_params, initial_model
+from mlip.train.step import (
+    batch_sharding, init_state, learning_rate_fn, make_eval_step, make_mesh,
+    make_optimizer, make_train_step, trainable_labels,
+)
+
+log = logging.getLogger("mlip.train")
+
+METRIC_COLUMNS = ("epoch", "step", "time_s", "lr", "train_loss", "valid_loss", "energy_mae", "energy_rmse",
+                  "forces_mae", "forces_rmse", "stress_mae", "stress_rmse")
+
+
+@dataclasses.dataclass
+class TrainResult:
+    """What `train` returns: the best potential, where it was written, its validation metrics
+    (meV/atom, meV/Å, GPa) and the number of optimiser steps taken."""
+
+    potential: Potential
+    best_path: Path
+    valid_metrics: dict
+    steps: int
+
+
+def train(
+    config: TrainConfig,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    devices: Sequence | None = None,
+    callbacks: Sequence[Callable[[int, dict], None]] = (),
+) -> TrainResult:
+    """Train a potential as ``config`` says (see the module docstring).
+
+    ``devices``: the devices to train on (default: ``training.devices`` of the local ones).
+    ``callbacks``: called as ``callback(step, {"loss", "lr", "epoch"})`` after every step;
+    a callback raising KeyboardInterrupt stops the run like Ctrl-C (with a checkpoint).
+    """
+    _check_dtype(config.training.precision)
+    out = Path(config.output_dir)
+    _prepare_output(config, out, resume)
+    handler = _log_to_file(out / "train.log")
+    try:
+        return _Run(config, out, resume, progress, devices, callbacks).run()
+    finally:
+        logging.getLogger("mlip").removeHandler(handler)
+        handler.close()
+
+
+def _prepare_output(config: TrainConfig, out: Path, resume: bool) -> None:
+    saved = out / "config.yaml"
+    if resume:
+        if not list_checkpoints(out / "checkpoints"):
+            raise MlipError(f"{out}: no checkpoint to resume from")
+        previous = TrainConfig.from_dict(yaml.safe_load(saved.read_text()), source=str(saved)).to_dict()
+        current = config.to_dict()
+        ignored = {"keep_checkpoints", "log_every"}
+        changed = [f"{section}.{key}" for section, values in current.items() if isinstance(values, dict)
+                   for key in values if key not in ignored and values[key] != (previous.get(section) or {}).get(key)]
+        changed += [k for k, v in current.items() if not isinstance(v, dict) and v != previous.get(k)]
+        if changed:
+            raise MlipError(f"cannot resume {out}: the config differs from the run's in {', '.join(changed)}")
+        return
+    if out.exists() and any(out.iterdir()):
+        raise MlipError(f"{out} already holds a run; resume it with --resume or choose another output_dir")
+    out.mkdir(parents=True, exist_ok=True)
+    config.save(saved)
+
+
+def _log_to_file(path: Path) -> logging.Handler:
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    root = logging.getLogger("mlip")
+    root.addHandler(handler)
+    if root.level == logging.NOTSET or root.level > logging.INFO:
+        root.setLevel(logging.INFO)
+    return handler
+
+
+class _Run:
+    """One training run; the loop state lives here and in the checkpoints."""
+
+    def __init__(self, config: TrainConfig, out: Path, resume: bool, progress: bool, devices, callbacks):
+        self.config, self.out, self.progress, self.callbacks = config, out, progress, list(callbacks)
+        t = config.training
+        self.dtype = np.dtype(t.precision)
+        self.devices = list(devices) if devices is not None else _pick_devices(t.devices)
+        self.train_set, self.valid_set = self._datasets()
+        self.loop = {"epoch": 0, "epoch_step": 0, "step": 0, "lr_factor": 1.0, "best_loss": None,
+                     "best_epoch": None, "plateau_best": None, "plateau_epochs": 0, "seconds": 0.0}
+        checkpoint = list_checkpoints(out / "checkpoints")[-1] if resume else None
+        if checkpoint is not None:
+            self.model = FacetConfig.from_dict(read_loop_state(checkpoint)["model"])
+            params = init_params(self.model, config.seed, t.precision)  # a template; restored below
+        else:
+            self.model, params = initial_model(config, self.train_set, progress)
+        freeze = config.finetune.freeze if config.finetune else []
+        self._check_freeze(params, freeze)
+        mesh = make_mesh(self.devices)
+        self.sharding = batch_sharding(mesh)
+        self.batches = StepBatches(
+            self.train_set, self.model.r_cut, micro_batches=len(self.devices) * t.accumulate,
+            max_nodes=config.data.max_nodes, max_edges=config.data.max_edges, max_graphs=config.data.max_graphs,
+            shuffle=True, seed=config.seed, dtype=self.dtype,
+        )
+        self.valid_batches = StepBatches(
+            self.valid_set, self.model.r_cut, micro_batches=1, max_nodes=config.data.max_nodes,
+            max_edges=config.data.max_edges, max_graphs=config.data.max_graphs, shuffle=False, seed=0, dtype=self.dtype,
+        )
+        # Schedule length; epochs may differ by a step or two (packing depends on the order),
+        # so without max_steps the run ends by epochs and the schedule holds its final value.
+        self.total_steps = t.max_steps or t.epochs * self.batches.steps_per_epoch(0)
+        self.max_steps = t.max_steps or math.inf
+        optimizer = make_optimizer(config.optimizer, params, freeze)
+        self.train_step = make_train_step(self.model, optimizer, config.loss, learning_rate_fn(config.optimizer, self.total_steps),
+                                          config.optimizer.ema_decay, mesh)
+        self.eval_step = make_eval_step(self.model, config.loss)
+        self.state = init_state(params, optimizer)
+        if checkpoint is not None:
+            self.state, loop = load_checkpoint(checkpoint, self.state)
+            self.state = jax.device_put(self.state)
+            self.loop.update({k: v for k, v in loop.items() if k in self.loop})
+            log.info("resumed from %s at epoch %d, step %d", checkpoint, self.loop["epoch"], self.loop["step"])
+        log.info("model: %d parameters, %s; %d device(s) x %d micro-batch(es) per step; %d steps per epoch",
+                 sum(np.size(p) for p in jax.tree.leaves(params)), _model_line(self.model), len(self.devices),
+                 t.accumulate, self.batches.steps_per_epoch(0))
+
+    def _datasets(self) -> tuple[FrameDataset, FrameDataset]:
+        d = self.config.data
+        train_set = open_frames(d.train, d.read_options(), what="training")
+        if d.valid is not None:
+            return train_set, open_frames(d.valid, d.read_options(), what="validation")
+        return split(train_set, d.valid_fraction, d.split_seed)
+
+    @staticmethod
+    def _check_freeze(params, freeze: list[str]) -> None:
+        labels = jax.tree.leaves(trainable_labels(params, freeze))
+        unused = [p for p in freeze if not jax.tree.leaves(trainable_labels(params, [p])).count("frozen")]
+        if unused:
+            raise MlipError(f"finetune.freeze: no parameter starts with {unused}; parameters are:\n"
+                            + describe_params(params))
+        if freeze:
+            log.info("freezing %d of %d parameter arrays", labels.count("frozen"), len(labels))
+
+    # -- the loop -------------------------------------------------------------------------
+
+    def run(self) -> TrainResult:
+        t, loop = self.config.training, self.loop
+        interrupted = _SigintFlag()
+        started = time.perf_counter() - loop["seconds"]
+        try:
+            with interrupted:
+                while loop["epoch"] < t.epochs and loop["step"] < self.max_steps:
+                    finished = self._epoch(interrupted)
+                    if finished:
+                        loop["epoch"], loop["epoch_step"] = loop["epoch"] + 1, 0
+                    loop["seconds"] = time.perf_counter() - started
+                    last = loop["epoch"] >= t.epochs or loop["step"] >= self.max_steps
+                    if last or (finished and loop["epoch"] % t.eval_every == 0):
+                        self._validate()
+                    self._checkpoint()
+        except KeyboardInterrupt:
+            loop["seconds"] = time.perf_counter() - started
+            path = self._checkpoint()
+            log.warning("interrupted at step %d; checkpoint %s; continue with --resume", loop["step"], path)
+            raise
+        return self._finish()
+
+    def _epoch(self, interrupted: "_SigintFlag") -> bool:
+        """Train from the current step of the current epoch; True if the epoch ran to its end
+        (False: stopped at training.max_steps)."""
+        t, loop, epoch = self.config.training, self.loop, self.loop["epoch"]
+        weights = Terms(*(jnp.asarray(w, self.dtype) for w in self.config.loss.weights_at(epoch)))
+        lr_factor = jnp.asarray(loop["lr_factor"], self.dtype)
+        steps = self.batches.steps_per_epoch(epoch)
+        stream = prefetch(self.batches.epoch(epoch, loop["epoch_step"]), self._to_devices)
+        losses = []
+        bar = tqdm(total=steps, initial=loop["epoch_step"], desc=f"epoch {epoch + 1}/{t.epochs}",
+                   unit=" steps", disable=not self.progress, leave=False)
+        with bar:
+            for batch in stream:
+                self.state, metrics = self.train_step(self.state, batch, weights, lr_factor)
+                loop["step"] += 1
+                loop["epoch_step"] += 1
+                losses.append(metrics["loss"])
+                bar.update()
+                if loop["step"] % t.log_every == 0 or self.callbacks:
+                    self._report(metrics, bar)
+                if t.checkpoint_every and loop["step"] % t.checkpoint_every == 0:
+                    self._checkpoint()
+                if interrupted.is_set():
+                    raise KeyboardInterrupt
+                if loop["step"] >= self.max_steps:
+                    break
+        self.train_loss = float(np.mean(jax.device_get(losses))) if losses else float("nan")
+        return loop["epoch_step"] >= steps
+
+    def _to_devices(self, batch):
+        """The stacked host batch as one global array per field, split over the devices (each
+        process supplies the parts its own devices hold, so this also works across hosts)."""
+        return jax.tree.map(
+            lambda a: jax.make_array_from_callback(a.shape, self.sharding, lambda index: a[index]), batch
+        )
+
+    def _report(self, metrics: dict, bar) -> None:
+        loss, lr = float(metrics["loss"]), float(metrics["lr"])
+        if not math.isfinite(loss):
+            raise MlipError(f"training loss is {loss} at step {self.loop['step']}; lower "
+                            "optimizer.learning_rate or check the data")
+        bar.set_postfix(loss=f"{loss:.4g}", lr=f"{lr:.2e}")
+        for callback in self.callbacks:
+            callback(self.loop["step"], {"loss": loss, "lr": lr, "epoch": self.loop["epoch"]})
+
+    def _validate(self) -> None:
+        metrics, loss = self._evaluate(self.valid_batches)
+        row = _metric_row(self.loop, self.train_loss, loss, metrics,
+                          float(learning_rate_fn(self.config.optimizer, self.total_steps)(self.loop["step"])) * self.loop["lr_factor"])
+        self._write_row(row)
+        log.info("epoch %d step %d: train loss %.4g, valid loss %.4g, E MAE %s meV/atom, F MAE %s meV/Å, S MAE %s GPa",
+                 row["epoch"], row["step"], row["train_loss"], loss, _f(row["energy_mae"]), _f(row["forces_mae"]), _f(row["stress_mae"]))
+        if self.loop["best_loss"] is None or loss < self.loop["best_loss"]:
+            self.loop["best_loss"], self.loop["best_epoch"] = loss, self.loop["epoch"]
+            self._potential().save(self.out / "best.mlip")
+            best = {"epoch": self.loop["epoch"], "step": self.loop["step"], **metrics}
+            atomic_write_bytes(self.out / "best_metrics.json", json.dumps(best, indent=1).encode())
+        self._plateau(loss)
+
+    def _plateau(self, loss: float) -> None:
+        o = self.config.optimizer
+        if o.schedule != "plateau" or self.loop["step"] < o.warmup_steps:
+            return
+        if self.loop["plateau_best"] is None or loss < self.loop["plateau_best"]:
+            self.loop["plateau_best"], self.loop["plateau_epochs"] = loss, 0
+            return
+        self.loop["plateau_epochs"] += 1
+        if self.loop["plateau_epochs"] >= o.plateau_patience:
+            self.loop["lr_factor"] *= o.plateau_factor
+            self.loop["plateau_epochs"] = 0
+            log.info("validation loss has not improved for %d epochs: learning rate x %g", o.plateau_patience, o.plateau_factor)
+
+    def _evaluate(self, batches: StepBatches) -> tuple[dict, float]:
+        """Metrics (meV/atom, meV/Å, GPa) and loss (base weights) of the EMA model on ``batches``."""
+        metrics, sums, counts = Metrics(), np.zeros(3), np.zeros(3)
+        params = self.state.ema_params
+        for stacked in batches.epoch(0):
+            batch = jax.tree.map(lambda a: a[0], stacked)
+            output, penalty, count = jax.device_get(self.eval_step(params, batch))
+            metrics.update(batch, output)
+            sums += np.asarray(penalty)
+            counts += np.asarray(count)
+        weights = np.asarray(self.config.loss.weights_at(0))
+        loss = float(np.sum(weights * sums / np.maximum(counts, 1.0)))
+        return metrics.to_dict(), loss
+
+    def _write_row(self, row: dict) -> None:
+        with open(self.out / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(row) + "\n")
+        csv_path = self.out / "metrics.csv"
+        new = not csv_path.exists()
+        with open(csv_path, "a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=METRIC_COLUMNS)
+            if new:
+                writer.writeheader()
+            writer.writerow(row)
+
+    def _checkpoint(self) -> Path | None:
+        if jax.process_index() != 0:
+            return None
+        loop = {**self.loop, "model": self.model.to_dict()}
+        return save_checkpoint(self.out / "checkpoints", self.state, loop, self.config.training.keep_checkpoints)
+
+    def _potential(self) -> Potential:
+        return Potential(self.model, jax.device_get(self.state.ema_params), self.config.training.precision)
+
+    def _finish(self) -> TrainResult:
+        last = self._potential()
+        last.save(self.out / "last.mlip")
+        best_path = self.out / "best.mlip"
+        if not best_path.exists():
+            last.save(best_path)
+        best = Potential.load(best_path)
+        valid = json.loads((self.out / "best_metrics.json").read_text()) if (self.out / "best_metrics.json").exists() else {}
+        log.info("done: %d steps in %.0f s; best epoch %s -> %s", self.loop["step"], self.loop["seconds"],
+                 self.loop["best_epoch"], best_path)
+        if self.config.data.test is not None:
+            test = open_frames(self.config.data.test, self.config.data.read_options(), what="test")
+            metrics = evaluate(best, (test[i] for i in range(len(test))), total=len(test), progress=self.progress)
+            atomic_write_bytes(self.out / "test_metrics.json", json.dumps(metrics.to_dict(), indent=1).encode())
+            log.info("test set (best model):\n%s", metrics.table())
+        return TrainResult(best, best_path, valid, self.loop["step"])
+
+
+class _SigintFlag:
+    """Within ``with``: Ctrl-C sets a flag (checked after each step) instead of raising at an
+    arbitrary point, so the checkpoint holds a consistent state. A second Ctrl-C raises."""
+
+    def __init__(self):
+        self._set = False
+        self._previous = None
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+    def _handle(self, signum, frame):
+        if self._set:
+            raise KeyboardInterrupt
+        self._set = True
+        log.warning("Ctrl-C: stopping after this step (press again to stop now, without a checkpoint)")
+
+
+def _pick_devices(devices) -> list:
+    if jax.process_count() > 1:  # multi-host (jax.distributed): every device of every host
+        return jax.devices()
+    local = jax.local_devices()
+    if devices == "all":
+        return local
+    if devices > len(local):
+        raise MlipError(f"training.devices = {devices} but only {len(local)} local device(s) are available")
+    return local[:devices]
+
+
+def _metric_row(loop: dict, train_loss: float, valid_loss: float, metrics: dict, lr: float) -> dict:
+    return {
+        "epoch": loop["epoch"], "step": loop["step"], "time_s": round(loop["seconds"], 1), "lr": lr,
+        "train_loss": train_loss, "valid_loss": valid_loss,
+        **{f"{name}_{kind}": metrics[name][kind] for name in ("energy", "forces", "stress") for kind in ("mae", "rmse")},
+    }
+
+
+def _model_line(model: FacetConfig) -> str:
+    return (f"lmax {model.lmax}, {model.channels} channels, {model.num_layers} layers, r_cut {model.r_cut} Å, "
+            f"{len(model.species)} species, avg neighbours {model.avg_num_neighbors:.2f}, scale {model.scale:.4f} eV")
+
+
+def _f(value) -> str:
+    return "-" if value is None else f"{value:.2f}"
