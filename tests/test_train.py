@@ -211,7 +211,7 @@ def test_finetune_adds_an_element_and_freezes_blocks(tmp_path, lj_file):
     base = train(tiny_config(tmp_path / "base", lj_file, training={"epochs": 1}), progress=False)
     mixed = write_data(tmp_path / "sige.xyz", lennard_jones_frames(np.random.default_rng(4), 6, 8, elements=(14, 32)))
     config = tiny_config(
-        tmp_path / "ft", mixed, finetune={"from": str(base.best_path), "freeze": ["interaction_0"]},
+        tmp_path / "ft", mixed, finetune={"from": str(base.best_path), "freeze": ["interaction_0", "species_embedding"]},
         training={"epochs": 1},
     )
     tuned = train(config, progress=False).potential
@@ -221,6 +221,7 @@ def test_finetune_adds_an_element_and_freezes_blocks(tmp_path, lj_file):
     for a, b in zip(jax.tree.leaves(old["interaction_0"]), jax.tree.leaves(new["interaction_0"])):
         np.testing.assert_array_equal(a, b)  # frozen
     assert not np.allclose(old["readout_out"]["kernel"], new["readout_out"]["kernel"])  # trained
+    assert new["species_embedding"]["embedding"].shape[0] == 2  # a fresh row for Ge, Si's row carried over:
     np.testing.assert_array_equal(old["species_embedding"]["embedding"][0], new["species_embedding"]["embedding"][0])
     with pytest.raises(MlipError, match="no parameter starts with"):
         train(tiny_config(tmp_path / "ft2", mixed, finetune={"from": str(base.best_path), "freeze": ["interactoin"]}),

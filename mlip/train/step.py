@@ -138,7 +138,8 @@ def make_train_step(
         if ema_decay is not None:
             t = state.step.astype(jnp.float32)
             decay = jnp.minimum(ema_decay, (1.0 + t) / (10.0 + t))
-            ema = jax.tree.map(lambda e, p: (decay * e + (1 - decay) * p).astype(p.dtype), ema, params)
+            # e + (1-d)(p-e) rather than d*e + (1-d)*p: a frozen parameter (p == e) then stays bit-exact.
+            ema = jax.tree.map(lambda e, p: (e + (1 - decay) * (p - e)).astype(p.dtype), ema, params)
         else:
             ema = params
         new_state = TrainState(state.step + 1, params, opt_state, ema)
