@@ -286,3 +286,13 @@ def test_two_devices_give_the_same_training_as_one(tmp_path, lj_file):
     np.testing.assert_allclose(out["two"]["losses"], out["one"]["losses"], rtol=1e-10)
     for a, b in zip(out["two"]["params"], out["one"]["params"]):
         np.testing.assert_allclose(a, b, rtol=1e-8, atol=1e-12)
+
+
+def test_best_model_is_chosen_within_the_last_loss_stage():
+    from mlip.train.loop import is_new_best
+
+    assert is_new_best(1, 5.0, None, None, last_stage=2)
+    assert not is_new_best(2, 6.0, 1, 5.0, last_stage=2)  # worse, before the last stage
+    assert is_new_best(3, 9.0, 1, 5.0, last_stage=2)  # first epoch of the last stage wins
+    assert not is_new_best(4, 9.5, 3, 9.0, last_stage=2) and is_new_best(4, 8.0, 3, 9.0, last_stage=2)
+    assert not is_new_best(3, 6.0, 2, 5.0, last_stage=0)  # without stages: lowest loss

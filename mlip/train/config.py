@@ -154,7 +154,9 @@ class LossConfig:
     stress: (σ - σ_ref)^2 averaged over components of labelled periodic structures, (eV/Å^3)^2.
     ``kind`` "huber" replaces x^2 by optax's Huber loss with ``huber_delta`` (in each term's
     unit). ``stages`` change the weights at given epochs (e.g. raise energy late, as MACE does);
-    validation loss always uses the base weights so the best model is chosen consistently.
+    validation loss always uses the last stage's weights, so epochs compare, and once the last
+    stage has begun the best model is chosen among its epochs only (as MACE does for its stage
+    two): the run ends with the balance the user asked for.
     """
 
     kind: str = "mse"
@@ -169,6 +171,11 @@ class LossConfig:
             raise MlipError(f"config: loss.kind must be 'mse' or 'huber', got {self.kind!r}")
         if min(self.energy_weight, self.forces_weight, self.stress_weight) < 0:
             raise MlipError("config: loss weights must be non-negative")
+
+    @property
+    def last_stage_epoch(self) -> int:
+        """0-based epoch from which the last weights apply (0 without stages)."""
+        return max((stage.epoch for stage in self.stages), default=0)
 
     def weights_at(self, epoch: int) -> tuple[float, float, float]:
         """(energy, forces, stress) weights in effect at ``epoch``."""

@@ -5,7 +5,8 @@ Output directory layout:
     train.log          what the run did (also on the console)
     metrics.jsonl/csv  one row per validation: epoch, step, lr, train loss, validation errors
     checkpoints/       ckpt-<step>.npz, the newest training.keep_checkpoints of them
-    best.mlip          EMA parameters of the epoch with the lowest validation loss
+    best.mlip          EMA parameters of the epoch with the lowest validation loss (within the
+                       last loss stage, once it has begun)
     last.mlip          EMA parameters at the end
     test_metrics.json  errors of best.mlip on data.test (when given)
 
@@ -264,7 +265,8 @@ class _Run:
         self._write_row(row)
         log.info("epoch %d step %d: train loss %.4g, valid loss %.4g, E MAE %s meV/atom, F MAE %s meV/Å, S MAE %s GPa",
                  row["epoch"], row["step"], row["train_loss"], loss, _f(row["energy_mae"]), _f(row["forces_mae"]), _f(row["stress_mae"]))
-        if self.loop["best_loss"] is None or loss < self.loop["best_loss"]:
+        if is_new_best(self.loop["epoch"], loss, self.loop["best_epoch"], self.loop["best_loss"],
+                       self.config.loss.last_stage_epoch):
             self.loop["best_loss"], self.loop["best_epoch"] = loss, self.loop["epoch"]
             self._potential().save(self.out / "best.mlip")
             best = {"epoch": self.loop["epoch"], "step": self.loop["step"], **metrics}
@@ -285,7 +287,12 @@ class _Run:
             log.info("validation loss has not improved for %d epochs: learning rate x %g", o.plateau_patience, o.plateau_factor)
 
     def _evaluate(self, batches: StepBatches) -> tuple[dict, float]:
-        """Metrics (meV/atom, meV/Å, GPa) and loss (base weights) of the EMA model on ``batches``."""
+        """Metrics (meV/atom, meV/Å, GPa) and loss of the EMA model on ``batches``.
+
+        The loss takes the weights of the last stage at every epoch: epochs stay comparable, and
+        the best model is judged by the balance the run ends with (raising the energy weight
+        late says that energy matters more than the early weights let on).
+        """
         metrics, sums, counts = Metrics(), np.zeros(3), np.zeros(3)
         params = self.state.ema_params
         for stacked in batches.epoch(0):
@@ -294,7 +301,7 @@ class _Run:
             metrics.update(batch, output)
             sums += np.asarray(penalty)
             counts += np.asarray(count)
-        weights = np.asarray(self.config.loss.weights_at(0))
+        weights = np.asarray(self.config.loss.weights_at(self.config.training.epochs))
         loss = float(np.sum(weights * sums / np.maximum(counts, 1.0)))
         return metrics.to_dict(), loss
 
@@ -361,6 +368,17 @@ class _SigintFlag:
             raise KeyboardInterrupt
         self._set = True
         log.warning("Ctrl-C: stopping after this step (press again to stop now, without a checkpoint)")
+
+
+def is_new_best(epoch: int, loss: float, best_epoch: int | None, best_loss: float | None, last_stage: int) -> bool:
+    """Whether the model after ``epoch`` finished epochs (validation ``loss``) replaces the best.
+
+    Epochs > ``last_stage`` trained with the last stage's weights: a best found before the last
+    stage began gives way to the first model after it, then the lowest loss wins.
+    """
+    if best_loss is None or (epoch > last_stage and best_epoch <= last_stage):
+        return True
+    return loss < best_loss
 
 
 def _pick_devices(devices) -> list:
