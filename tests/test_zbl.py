@@ -23,6 +23,25 @@ def test_matches_the_zbl_formula_and_vanishes_at_the_cutoff():
     assert got[0] > got[1] > 0 and got[3] == 0.0 and got[4] == 0.0
 
 
+def test_zbl_ends_at_the_covalent_bond_length_and_old_files_keep_the_cutoff(tmp_path):
+    from ase.data import covalent_radii
+
+    from mlip.nn.zbl import covalent_range
+
+    z = jnp.asarray([32, 32, 8])
+    r_max = covalent_range(z, jnp.asarray([32, 32, 1]), 5.0, jnp.float64)
+    np.testing.assert_allclose(r_max, [2 * covalent_radii[32]] * 2 + [covalent_radii[8] + covalent_radii[1]])
+    got = zbl_pair_energy(jnp.asarray([2.0, 2.45, 0.9]), z, jnp.asarray([32, 32, 1]), r_max, jnp.ones(3, bool))
+    assert got[0] > 0 and got[1] == 0.0 and got[2] > 0  # Ge-Ge bonds are 2.45 Å: no ZBL there
+
+    potential = Potential.create("small", species=["Si"], r_cut=4.0, dtype="float64", channels=8,
+                                 mixing_hidden=16, readout_hidden=8)
+    assert potential.config.zbl_range == "covalent"
+    old = potential.config.to_dict()
+    del old["zbl_range"]  # a file written before the field: ZBL ended at r_cut
+    assert type(potential.config).from_dict(old).zbl_range == "cutoff"
+
+
 def test_model_is_repulsive_at_short_range():
     potential = Potential.create("small", species=["Si"], r_cut=4.0, dtype="float64", channels=8,
                                  mixing_hidden=16, readout_hidden=8)

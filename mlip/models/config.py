@@ -36,6 +36,9 @@ class FacetConfig:
         shift: per-atom energy shift, eV.
         zbl: add the ZBL screened-nuclear repulsion to the pair energy (mlip/nn/zbl.py), so
             atoms cannot collapse onto each other even where the learned part is wrong.
+        zbl_range: where the ZBL term ends: "covalent" (at the sum of covalent radii, as MACE)
+            or "cutoff" (at r_cut, which leaves ~1 eV per bond at equilibrium distances for the
+            network to cancel); files saved before this field existed load as "cutoff".
     """
 
     species: tuple[int, ...]
@@ -58,6 +61,7 @@ class FacetConfig:
     scale: float = 1.0
     shift: float = 0.0
     zbl: bool = True
+    zbl_range: str = "covalent"
 
     def __post_init__(self):
         species = tuple(int(z) for z in self.species)
@@ -75,6 +79,8 @@ class FacetConfig:
             raise MlipError(f"invalid model size in {self}")
         if self.radial_basis not in ("bspline", "bessel"):
             raise MlipError(f"radial_basis must be 'bspline' or 'bessel', got {self.radial_basis!r}")
+        if self.zbl_range not in ("covalent", "cutoff"):
+            raise MlipError(f"zbl_range must be 'covalent' or 'cutoff', got {self.zbl_range!r}")
         if self.mixing not in ("s2", "gate"):
             raise MlipError(f"mixing must be 's2' or 'gate', got {self.mixing!r}")
         from mlip.nn.s2_mixing import grid_resolution
@@ -99,6 +105,7 @@ class FacetConfig:
         if unknown:
             raise MlipError(f"unknown model config keys {unknown} (file from a newer mlip?)")
         values = dict(values)
+        values.setdefault("zbl_range", "cutoff")  # the only ZBL of files written before the field
         values["species"] = tuple(values["species"])
         if values.get("atomic_energies") is not None:
             values["atomic_energies"] = tuple(values["atomic_energies"])

@@ -23,7 +23,7 @@ from mlip.nn.norm import EquivariantRMSNorm
 from mlip.nn.radial import RadialEmbedding
 from mlip.nn.s2_mixing import S2Mixing
 from mlip.nn.so2_conv import ScalarSO2Convolution, SO2Convolution
-from mlip.nn.zbl import zbl_pair_energy
+from mlip.nn.zbl import covalent_range, zbl_pair_energy
 
 
 class Interaction(nn.Module):
@@ -97,6 +97,8 @@ class FacetModel(nn.Module):
         energy = c.scale * out + c.shift + e0[species]
         if c.zbl:
             numbers = jnp.asarray(c.species)[species]
-            pair = zbl_pair_energy(lengths, numbers[receivers], numbers[senders], c.r_cut, edge_mask)
+            z_r, z_s = numbers[receivers], numbers[senders]
+            r_max = covalent_range(z_r, z_s, c.r_cut, lengths.dtype) if c.zbl_range == "covalent" else c.r_cut
+            pair = zbl_pair_energy(lengths, z_r, z_s, r_max, edge_mask)
             energy = energy + jax.ops.segment_sum(pair, receivers, num_segments=species.shape[0], indices_are_sorted=True)
         return energy
