@@ -49,8 +49,10 @@ from mlip.potential import Potential, _jitted  # noqa: E402
 
 #: Named scopes added around mlip's functions for this profile (their ops' op_name then says
 #: which function made them; flax modules are named in op_name anyway), and the component
-#: each scope or module belongs to, tried in this order.
-SCOPED = ("rotate_to_edge_frame", "rotate_from_edge_frame", "wigner_d", "edge_rotation", "zbl_pair_energy")
+#: each scope or module belongs to, tried in this order. The edge chain's reference
+#: (kernels/so2_message.py) names its own scopes: rotate_to_edge_frame, SO2Convolution,
+#: rotate_from_edge_frame.
+SCOPED = ("wigner_d", "edge_rotation", "zbl_pair_energy")
 COMPONENTS = (
     ("rotate_to_edge_frame", "rotate into edge frame (D h_j)"),
     ("rotate_from_edge_frame", "rotate back (D^T m_ij)"),
@@ -68,7 +70,7 @@ COMPONENTS = (
 #: Sub-components of the SO(2) convolution, by a piece of the source line.
 SO2_PARTS = (
     ("[:, gather]", "SO(2): component gather x radial"),
-    ("@ weight", "SO(2): per-|m| matmuls"),
+    ("@ _block_matrix", "SO(2): per-|m| matmuls"),
     ("[:, scatter]", "SO(2): concatenate + scatter back"),
 )
 

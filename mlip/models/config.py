@@ -39,6 +39,11 @@ class FacetConfig:
         zbl_range: where the ZBL term ends: "covalent" (at the sum of covalent radii, as MACE)
             or "cutoff" (at r_cut, which leaves ~1 eV per bond at equilibrium distances for the
             network to cancel); files saved before this field existed load as "cutoff".
+        kernel: how interaction blocks compute their edge chain (rotate in -> SO(2) -> rotate
+            back): "auto" (the fused Pallas kernel on GPU, the pure-JAX reference elsewhere),
+            "reference" or "pallas" (kernels/selection.py; a kernel that fails its first-use
+            check falls back to the reference with a warning). Not part of the architecture:
+            every choice gives the same function, and files saved before it existed load as "auto".
     """
 
     species: tuple[int, ...]
@@ -62,6 +67,7 @@ class FacetConfig:
     shift: float = 0.0
     zbl: bool = True
     zbl_range: str = "covalent"
+    kernel: str = "auto"
 
     def __post_init__(self):
         species = tuple(int(z) for z in self.species)
@@ -83,6 +89,10 @@ class FacetConfig:
             raise MlipError(f"zbl_range must be 'covalent' or 'cutoff', got {self.zbl_range!r}")
         if self.mixing not in ("s2", "gate"):
             raise MlipError(f"mixing must be 's2' or 'gate', got {self.mixing!r}")
+        from kernels.selection import CHOICES
+
+        if self.kernel not in CHOICES:
+            raise MlipError(f"kernel must be one of {CHOICES}, got {self.kernel!r}")
         from mlip.nn.s2_mixing import grid_resolution
 
         try:

@@ -16,8 +16,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+# Modules, not names: kernels imports mlip.nn, so whichever package is imported first, the
+# other may still be initialising here.
+from kernels import selection, so2_message
 from mlip.models.config import FacetConfig
-from mlip.nn.edge_frame import edge_rotation, rotate_from_edge_frame, rotate_to_edge_frame, wigner_d
+from mlip.nn.edge_frame import edge_rotation, wigner_d
 from mlip.nn.gate import Gate
 from mlip.nn.norm import EquivariantRMSNorm
 from mlip.nn.radial import RadialEmbedding
@@ -29,11 +32,14 @@ from mlip.nn.zbl import covalent_range, zbl_pair_energy
 class Interaction(nn.Module):
     """One message-passing block on features h [N, (lmax+1)**2, C].
 
+    ``edge_chain``: how the block computes rotate in -> SO(2) -> rotate back
+    (kernels/so2_message.py), chosen once per model call by `kernels.selection.select`.
     ``scalar_input``: h carries only l = 0 channels (the first block), so the convolution
-    takes the cheap exact path `ScalarSO2Convolution`.
+    takes the cheap exact path `ScalarSO2Convolution` instead.
     """
 
     config: FacetConfig
+    edge_chain: selection.Implementation
     scalar_input: bool = False
 
     @nn.compact
@@ -45,9 +51,13 @@ class Interaction(nn.Module):
         if self.scalar_input:
             message = ScalarSO2Convolution(c.lmax, c.channels)(h[senders, 0], radial, wigner)
         else:
-            x_edge = rotate_to_edge_frame(h[senders], wigner)
-            message = SO2Convolution(c.lmax, c.mmax, c.channels)(x_edge, radial)
-            message = rotate_from_edge_frame(message, wigner)
+            weights = SO2Convolution(c.lmax, c.mmax, c.channels).weights(c.channels, h.dtype)
+            if self.edge_chain.name == "pallas":
+                message = so2_message.so2_message_pallas(
+                    h[senders], wigner, radial, weights, c.lmax, c.mmax, interpret=self.edge_chain.interpret
+                )
+            else:
+                message = so2_message.so2_message_reference(h[senders], wigner, radial, weights, c.lmax, c.mmax)
         aggregated = jax.ops.segment_sum(
             message, receivers, num_segments=h.shape[0], indices_are_sorted=True
         )
@@ -86,8 +96,13 @@ class FacetModel(nn.Module):
         embedding = nn.Embed(len(c.species), c.channels, name="species_embedding")(species)
         h = jnp.zeros((species.shape[0], dim, c.channels), vectors.dtype)
         h = h.at[:, 0, :].set(embedding.astype(vectors.dtype))
+        # The first block takes the scalar path: only the later ones run the general edge chain.
+        if c.num_layers > 1:
+            edge_chain = selection.select(c.kernel, c.lmax, c.mmax, c.channels, vectors.dtype)
+        else:
+            edge_chain = selection.Implementation("reference")
         for k in range(c.num_layers):
-            h = Interaction(c, scalar_input=k == 0, name=f"interaction_{k}")(
+            h = Interaction(c, edge_chain, scalar_input=k == 0, name=f"interaction_{k}")(
                 h, wigner, lengths, senders, receivers, edge_mask
             )
         scalars = h[:, 0, :]

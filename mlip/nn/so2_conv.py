@@ -83,40 +83,58 @@ class SO2Convolution(nn.Module):
         shapes = SO2Convolution.parameter_shapes(lmax, mmax, channels_in, channels_out)
         return sum(int(np.prod(s)) for s in shapes.values())
 
-    @nn.compact
     def __call__(self, x_edge, radial):
-        num_edges, dim, channels_in = x_edge.shape
-        if dim != (self.lmax + 1) ** 2:
-            raise ValueError(f"x_edge has {dim} components, lmax={self.lmax} needs {(self.lmax + 1) ** 2}")
-        expected = self.radial_size(self.lmax, self.mmax, channels_in)
-        if radial.shape != (num_edges, expected):
-            raise ValueError(f"radial has shape {radial.shape}, expected ({num_edges}, {expected})")
-        gather, radial_rows, scatter = _index_maps(self.lmax, self.mmax)
-        x = x_edge[:, gather] * radial.reshape(num_edges, -1, channels_in)[:, radial_rows]
-        shapes = self.parameter_shapes(self.lmax, self.mmax, channels_in, self.channels_out)
-        blocks, start = [], 0
-        for m, n in enumerate(_orders(self.lmax, self.mmax)):
-            width = n if m == 0 else 2 * n  # components of this block: l >= m, and both signs
-            weight = self._block_weight(m, shapes[f"w{m}"], x.dtype)
-            block = x[:, start : start + width].reshape(num_edges, width * channels_in) @ weight
-            blocks.append(block.reshape(num_edges, width, self.channels_out))
-            start += width
-        blocks.append(jnp.zeros((num_edges, 1, self.channels_out), x.dtype))  # target of |m| > mmax
-        return jnp.concatenate(blocks, axis=1)[:, scatter]
+        return so2_linear(x_edge, radial, self.weights(x_edge.shape[-1], x_edge.dtype), self.lmax, self.mmax)
 
-    def _block_weight(self, m: int, shape: tuple, dtype):
-        """The matrix acting on the flattened block of order m (row vectors on the left).
-
-        For m > 0 the block is [x+, x-] and the matrix [[W1, W2], [-W2, W1]], so that
-        y+ = x+ W1 - x- W2 and y- = x+ W2 + x- W1: multiplication by W1 + i W2 of x+ + i x-.
-        Each output sums shape[-2] (times 2 for m > 0) unit-variance terms, hence the init scale.
+    @nn.compact
+    def weights(self, channels_in: int, dtype) -> dict:
+        """The weights, {"w0": ..., "w1": ...} in the shapes of `parameter_shapes`, created on
+        first use. Separate from the call so that the fused edge chain (kernels/so2_message.py)
+        can take them without the edge-frame features. Each output sums fan_in unit-variance
+        terms (twice the rows for m > 0, whose blocks act as complex numbers), hence the scale.
         """
-        fan_in = shape[-2] * (1 if m == 0 else 2)
-        weight = self.param(f"w{m}", nn.initializers.normal(fan_in**-0.5), shape, dtype)
-        if m == 0:
-            return weight
-        w1, w2 = weight
-        return jnp.block([[w1, w2], [-w2, w1]])
+        weights = {}
+        for name, shape in self.parameter_shapes(self.lmax, self.mmax, channels_in, self.channels_out).items():
+            fan_in = shape[-2] * (1 if name == "w0" else 2)
+            weights[name] = self.param(name, nn.initializers.normal(fan_in**-0.5), shape, dtype)
+        return weights
+
+
+def so2_linear(x_edge, radial, weights: dict, lmax: int, mmax: int):
+    """The map of `SO2Convolution` with given weights (the layout of its parameter_shapes).
+
+    x_edge [E, (lmax+1)**2, C_in] and radial [E, radial_size] -> [E, (lmax+1)**2, C_out], all
+    in the edge frame; components with |m| > mmax of the result are exactly zero.
+    """
+    num_edges, dim, channels_in = x_edge.shape
+    if dim != (lmax + 1) ** 2:
+        raise ValueError(f"x_edge has {dim} components, lmax={lmax} needs {(lmax + 1) ** 2}")
+    expected = SO2Convolution.radial_size(lmax, mmax, channels_in)
+    if radial.shape != (num_edges, expected):
+        raise ValueError(f"radial has shape {radial.shape}, expected ({num_edges}, {expected})")
+    channels_out = weights["w0"].shape[-1] // (lmax + 1)
+    gather, radial_rows, scatter = _index_maps(lmax, mmax)
+    x = x_edge[:, gather] * radial.reshape(num_edges, -1, channels_in)[:, radial_rows]
+    blocks, start = [], 0
+    for m, n in enumerate(_orders(lmax, mmax)):
+        width = n if m == 0 else 2 * n  # components of this block: l >= m, and both signs
+        block = x[:, start : start + width].reshape(num_edges, width * channels_in) @ _block_matrix(weights[f"w{m}"], m)
+        blocks.append(block.reshape(num_edges, width, channels_out))
+        start += width
+    blocks.append(jnp.zeros((num_edges, 1, channels_out), x.dtype))  # target of |m| > mmax
+    return jnp.concatenate(blocks, axis=1)[:, scatter]
+
+
+def _block_matrix(weight, m: int):
+    """The matrix acting on the flattened block of order m (row vectors on the left).
+
+    For m > 0 the block is [x+, x-] and the matrix [[W1, W2], [-W2, W1]], so that
+    y+ = x+ W1 - x- W2 and y- = x+ W2 + x- W1: multiplication by W1 + i W2 of x+ + i x-.
+    """
+    if m == 0:
+        return weight
+    w1, w2 = weight
+    return jnp.block([[w1, w2], [-w2, w1]])
 
 
 class ScalarSO2Convolution(nn.Module):
