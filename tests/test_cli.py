@@ -104,3 +104,17 @@ def test_md_command_logs_and_writes_trajectory(tiny_model, tmp_path, capsys):
         assert "ns/day" in capsys.readouterr().out
         assert len(log.read_text().splitlines()) == 1 + 5  # header + steps 0, 5, 10, 15, 20
         assert len(ase.io.read(traj, ":")) == 5
+
+
+def test_relax_defaults_to_the_bundled_model_and_structure(tmp_path, monkeypatch, capsys):
+    from mlip.cli import bundled_model, main
+    from mlip.potential import Potential
+
+    assert Potential.load(bundled_model()).config.species == (14,)
+    monkeypatch.chdir(tmp_path)
+    assert main(["relax", "--cell", "--fmax", "0.05", "--steps", "200", "-q"]) == 0
+    out = capsys.readouterr().out
+    assert "(bundled)" in out and "converged" in out
+    relaxed = ase.io.read(tmp_path / "Si64-diamond-relaxed.extxyz")
+    a = relaxed.cell.lengths()[0] / 2  # 2x2x2 cubic cells
+    assert 5.40 < a < 5.50  # the mlearn (PBE) Si lattice constant is about 5.47 Å
