@@ -59,6 +59,20 @@ def epoch_order(
     return np.concatenate(parts) if parts else np.zeros(0, np.int64)
 
 
+def build_graph_within(frame: Frame, cutoff: float, max_nodes: int, max_edges: int, options: str) -> Graph:
+    """`build_graph`, or a DataError naming the frame when it alone exceeds the batch budget
+    (``options``: the settings that raise it, for the message)."""
+    graph = build_graph(frame, cutoff)
+    if graph.n_node > max_nodes or graph.n_edge > max_edges:
+        raise DataError(
+            f"structure with {graph.n_node} atoms and {graph.n_edge} edges (cutoff {cutoff} Å) "
+            f"exceeds the batch budget of {max_nodes} nodes and {max_edges} edges; raise {options}",
+            graph.frame.source,
+            graph.frame.index,
+        )
+    return graph
+
+
 def pack_graphs(
     graphs: Iterable[Graph], max_nodes: int, max_edges: int, max_graphs: int
 ) -> Iterator[list[Graph]]:
@@ -137,16 +151,7 @@ class GraphLoader:
         return self.epoch(0)
 
     def _graph(self, index: int) -> Graph:
-        graph = build_graph(self.dataset[index], self.cutoff)
-        if graph.n_node > self.max_nodes or graph.n_edge > self.max_edges:
-            raise DataError(
-                f"structure with {graph.n_node} atoms and {graph.n_edge} edges (cutoff "
-                f"{self.cutoff} Å) exceeds the batch budget of {self.max_nodes} nodes and "
-                f"{self.max_edges} edges; raise max_nodes/max_edges",
-                graph.frame.source,
-                graph.frame.index,
-            )
-        return graph
+        return build_graph_within(self.dataset[index], self.cutoff, self.max_nodes, self.max_edges, "max_nodes/max_edges")
 
     def _collate(self, graphs: list[Graph]) -> GraphBatch:
         nodes, edges = sum(g.n_node for g in graphs), sum(g.n_edge for g in graphs)

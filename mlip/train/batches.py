@@ -18,10 +18,9 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from mlip.data.graph import Graph, GraphBatch, build_graph, collate
-from mlip.data.loader import FrameDataset, epoch_order, pack_graphs
+from mlip.data.graph import Graph, GraphBatch, collate
+from mlip.data.loader import FrameDataset, build_graph_within, epoch_order, pack_graphs
 from mlip.data.padding import BucketLadder
-from mlip.errors import DataError
 
 
 def stack_batches(batches: list[GraphBatch]) -> GraphBatch:
@@ -88,13 +87,8 @@ class StepBatches:
         return int(self._n_node[index]), int(self._n_edge[index])
 
     def _graph(self, index: int) -> Graph:
-        graph = build_graph(self.dataset[index], self.cutoff)
-        if graph.n_node > self.max_nodes or graph.n_edge > self.max_edges:
-            raise DataError(
-                f"structure with {graph.n_node} atoms and {graph.n_edge} edges (cutoff {self.cutoff} Å) "
-                f"exceeds the batch budget of {self.max_nodes} nodes and {self.max_edges} edges; "
-                "raise data.max_nodes / data.max_edges", graph.frame.source, graph.frame.index)
-        return graph
+        return build_graph_within(self.dataset[index], self.cutoff, self.max_nodes, self.max_edges,
+                                  "data.max_nodes / data.max_edges")
 
 
 class _Sized:
