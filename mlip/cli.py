@@ -152,10 +152,9 @@ def _cmd_evaluate(args) -> None:
         atomic_write_bytes(args.json, json.dumps(result, indent=1, ensure_ascii=False).encode())
 
 
-def _load_structure(args):
-    """The one structure of args.structure (first frame), as ase.Atoms with a Calculator; the
+def _read_structures(args) -> list:
+    """The structures of args.structure selected by --index, as ase.Atoms without labels; the
     bundled structure and model stand in for those not given."""
-    from mlip.calculator import Calculator
     from mlip.data.readers import read_frames
 
     if args.structure is None:
@@ -164,28 +163,64 @@ def _load_structure(args):
     if args.model is None:
         args.model = bundled_model()
         print(f"model: {args.model.name} (bundled)")
-    options = _read_options(args)
-    frames = read_frames(args.structure, require_labels=False, **{**options, "index": args.index or 0})
-    frame = next(iter(frames), None)
-    if frame is None:
+    structures = []
+    for frame in read_frames(args.structure, require_labels=False, **_read_options(args)):
+        atoms = frame.to_atoms()
+        atoms.calc = None  # input labels must not pass for results
+        structures.append(atoms)
+    if not structures:
         raise MlipError(f"{args.structure}: no structure found")
-    atoms = frame.to_atoms()
+    return structures
+
+
+def _attach_calculator(atoms, args):
+    from mlip.calculator import Calculator
+
     atoms.calc = Calculator(args.model, dtype=args.dtype)
     return atoms
+
+
+def _load_potential(args):
+    """The potential of --model (cast to --dtype) for the batched engine of mlip.sim."""
+    import jax
+
+    from mlip.calculator import enable_compilation_cache
+    from mlip.potential import Potential
+
+    if args.dtype == "float64":
+        jax.config.update("jax_enable_x64", True)
+    enable_compilation_cache()
+    potential = Potential.load(args.model)
+    if args.dtype is not None and args.dtype != potential.dtype:
+        potential = potential.astype(args.dtype)
+    return potential
+
+
+def _refuse_single_structure_options(args, structures, **unsupported) -> None:
+    """Options of the single-structure ASE path that the batched engine does not offer."""
+    for option, given in unsupported.items():
+        if given:
+            raise MlipError(f"{option} works for one structure only; {args.structure} selects "
+                            f"{len(structures)} (choose one with --index)")
 
 
 def _cmd_relax(args) -> None:
     from mlip.simulate import relax, summary, write_structure
 
-    atoms = _load_structure(args)
+    if args.pressure and not args.cell:
+        raise MlipError("--pressure applies to the cell: add --cell")
+    structures = _read_structures(args)
     # Next to the input, except for the bundled structure: never write into the installed package.
     folder = Path.cwd() if args.structure == bundled_structure() else args.structure.parent
     output = args.output or folder / (args.structure.stem + "-relaxed.extxyz")
+    if len(structures) > 1:
+        return _relax_many(args, structures, output)
+    atoms = _attach_calculator(structures[0], args)
     trajectory = args.traj or output.with_suffix(".traj")
     print(f"initial: {summary(atoms)}")
     converged = relax(
-        atoms, fmax=args.fmax, steps=args.steps, relax_cell=args.cell, optimizer=args.optimizer,
-        trajectory=trajectory, progress=not args.quiet,
+        atoms, fmax=args.fmax, steps=args.steps, relax_cell=args.cell, pressure=args.pressure,
+        optimizer=args.optimizer, trajectory=trajectory, progress=not args.quiet,
     )
     write_structure(atoms, output)
     print(f"{'converged' if converged else 'NOT converged'}: {summary(atoms)}")
@@ -194,10 +229,43 @@ def _cmd_relax(args) -> None:
         raise MlipError(f"relaxation did not reach fmax {args.fmax} eV/Å in {args.steps} steps")
 
 
+def _relax_many(args, structures, output) -> None:
+    """Batched FIRE (+ FrechetCellFilter) of every structure on the device (mlip.sim.relax)."""
+    import time
+
+    from mlip import sim
+    from mlip.simulate import write_structure
+
+    _refuse_single_structure_options(
+        args, structures, **{"--traj": args.traj, f"--optimizer {args.optimizer}": args.optimizer != "fire"}
+    )
+    potential = _load_potential(args)
+    start = time.perf_counter()
+    results = sim.relax(potential, structures, fmax=args.fmax, relax_cell=args.cell, max_steps=args.steps,
+                        pressure=args.pressure, budget=sim.Budget(max_atoms=args.batch_atoms), progress=not args.quiet)
+    seconds = time.perf_counter() - start
+    for k, result in enumerate(results):
+        result.atoms.info.update(relax_status=result.status, relax_steps=result.steps)
+        if not result.converged:
+            print(f"structure {k}: {result.status} after {result.steps} steps {result.message}".rstrip())
+    write_structure([r.atoms for r in results], output)
+    converged = sum(r.converged for r in results)
+    atom_steps = sum(r.steps * len(r.atoms) for r in results)
+    print(f"relaxed {len(results)} structures in {seconds:.1f} s ({len(results) / seconds:.2f} structures/s, "
+          f"{atom_steps / seconds:.4g} atom-steps/s): {converged} converged")
+    print(f"wrote {output}")
+    if converged < len(results):
+        raise MlipError(f"{len(results) - converged} of {len(results)} structures did not reach fmax "
+                        f"{args.fmax} eV/Å in {args.steps} steps (their status is in {output})")
+
+
 def _cmd_md(args) -> None:
     from mlip.simulate import run_md, summary, write_structure
 
-    atoms = _load_structure(args)
+    structures = _read_structures(args)
+    if len(structures) > 1:
+        return _md_many(args, structures)
+    atoms = _attach_calculator(structures[0], args)
     print(f"initial: {summary(atoms)}")
     stats = run_md(
         atoms, ensemble=args.ensemble, temperature=args.temperature, timestep=args.timestep,
@@ -208,6 +276,43 @@ def _cmd_md(args) -> None:
         write_structure(atoms, args.output)
     print(f"final: {summary(atoms)}, T {atoms.get_temperature():.1f} K")
     print(f"{stats['ns_per_day']:.4f} ns/day, {stats['atom_steps_per_second']:.4g} atom-steps/s")
+
+
+def _md_many(args, structures) -> None:
+    """Batched MD of every structure on the device (mlip.sim.md), each with its own velocities
+    (seed + index) and random stream; the thermostat and barostat times are the ASE path's."""
+    import time
+
+    from mlip import sim
+    from mlip.fileio import atomic_write_bytes
+    from mlip.simulate import write_structure
+
+    _refuse_single_structure_options(args, structures, **{"--traj": args.traj})
+    potential = _load_potential(args)
+    start = time.perf_counter()
+    results = sim.md(
+        potential, structures, ensemble=args.ensemble, steps=args.steps, timestep=args.timestep,
+        temperature=args.temperature, init_temperature=args.temperature, pressure=args.pressure,
+        friction=args.friction, tau=100 * args.timestep, tau_p=1000 * args.timestep, seed=args.seed,
+        interval=args.interval, budget=sim.Budget(max_atoms=args.batch_atoms), progress=not args.quiet,
+    )
+    seconds = time.perf_counter() - start
+    if args.log:
+        lines = ["structure step potential_energy_eV kinetic_energy_eV conserved_eV temperature_K volume_A3"]
+        for k, result in enumerate(results):
+            lines += [f"{k} {e['steps']} {e['potential_energy']:.6f} {e['kinetic_energy']:.6f} {e['conserved']:.6f} "
+                      f"{e['temperature']:.2f} {e['volume']:.4f}" for e in result.log]
+        atomic_write_bytes(args.log, ("\n".join(lines) + "\n").encode())
+    if args.output:
+        write_structure([r.atoms for r in results], args.output)
+    failed = [(k, r) for k, r in enumerate(results) if not r.converged]
+    for k, result in failed:
+        print(f"structure {k}: {result.status} after {result.steps} steps {result.message}".rstrip())
+    atom_steps = sum(r.steps * len(r.atoms) for r in results)
+    print(f"{len(results)} structures, {args.steps} steps of {args.ensemble} in {seconds:.1f} s: "
+          f"{len(results) / seconds:.3f} structures/s, {atom_steps / seconds:.4g} atom-steps/s")
+    if failed:
+        raise MlipError(f"{len(failed)} of {len(results)} structures failed (see above)")
 
 
 def _cmd_train(args) -> None:
@@ -239,10 +344,14 @@ def _cmd_train(args) -> None:
 
 def _add_simulation_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("structure", type=Path, nargs="?", default=None,
-                        help="structure file (any supported format; first frame); default: the bundled 64-atom diamond Si")
+                        help="structure file (any supported format); one frame runs through ASE, several "
+                        "(see --index) run batched on the device (mlip.sim); default: the bundled 64-atom "
+                        "diamond Si")
     parser.add_argument("--model", type=Path, default=None,
                         help="potential file (from mlip train or mlip create); default: the bundled mlearn Si model")
     parser.add_argument("--dtype", choices=["float32", "float64"], default=None, help="cast the potential (default: as saved)")
+    parser.add_argument("--batch-atoms", type=int, default=2048,
+                        help="several structures: atom slots of the device batch (default 2048)")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     _add_read_options(parser)
 
@@ -339,29 +448,35 @@ def build_parser() -> argparse.ArgumentParser:
 
     relax = commands.add_parser(
         "relax",
-        help="relax a structure (positions, optionally the cell)",
-        description="Relax a structure with an ASE optimiser (FIRE by default; FrechetCellFilter "
-        "for the cell). Writes the relaxed structure and a trajectory; prints energy, max force "
-        "and pressure.",
+        help="relax structures (positions, optionally the cells)",
+        description="Relax structures with FIRE (FrechetCellFilter for the cell). One structure "
+        "runs through ASE's optimisers (FIRE, BFGS or LBFGS) and also writes a trajectory; "
+        "several (a multi-frame file) relax together on the device (mlip.sim.relax, batched "
+        "FIRE equivalent to ASE's) with a structures/s progress bar. Writes the relaxed "
+        "structures; prints energy, max force and pressure.",
     )
     _add_simulation_options(relax)
     relax.add_argument("--fmax", type=float, default=0.05, help="force convergence, eV/Å (default 0.05)")
     relax.add_argument("--cell", action="store_true", help="also relax the cell (to zero stress)")
-    relax.add_argument("--steps", type=int, default=500, help="maximum optimiser steps")
-    relax.add_argument("--optimizer", choices=["fire", "bfgs", "lbfgs"], default="fire")
-    relax.add_argument("-o", "--output", type=Path, help="relaxed structure (default STRUCTURE-relaxed.extxyz)")
-    relax.add_argument("--traj", type=Path, help="trajectory file (default OUTPUT.traj)")
+    relax.add_argument("--pressure", type=float, default=0.0, help="with --cell: external pressure, GPa (default 0)")
+    relax.add_argument("--steps", type=int, default=500, help="maximum optimiser steps (per structure)")
+    relax.add_argument("--optimizer", choices=["fire", "bfgs", "lbfgs"], default="fire",
+                       help="bfgs and lbfgs: one structure only")
+    relax.add_argument("-o", "--output", type=Path, help="relaxed structures (default STRUCTURE-relaxed.extxyz)")
+    relax.add_argument("--traj", type=Path, help="one structure: trajectory file (default OUTPUT.traj)")
     relax.set_defaults(run=_cmd_relax)
 
     md = commands.add_parser(
         "md",
-        help="molecular dynamics of a structure",
-        description="Molecular dynamics with ASE integrators: nve (velocity Verlet), nvt "
-        "(Nose-Hoover chain), nvt-langevin, npt (isotropic MTK barostat). Velocities are drawn "
-        "from Maxwell-Boltzmann at --temperature.",
+        help="molecular dynamics of structures",
+        description="Molecular dynamics: nve (velocity Verlet), nvt (Nose-Hoover chain), "
+        "nvt-langevin, npt (isotropic barostat), npt-aniso (anisotropic barostat). One "
+        "structure runs through ASE's integrators (MTK barostats for npt); several (a "
+        "multi-frame file) run together on the device (mlip.sim.md; stochastic cell rescaling "
+        "for npt). Velocities are drawn from Maxwell-Boltzmann at --temperature.",
     )
     _add_simulation_options(md)
-    md.add_argument("--ensemble", choices=["nve", "nvt", "nvt-langevin", "npt"], default="nve")
+    md.add_argument("--ensemble", choices=["nve", "nvt", "nvt-langevin", "npt", "npt-aniso"], default="nve")
     md.add_argument("--temperature", type=float, default=300.0, help="K (initial velocities and thermostat)")
     md.add_argument("--timestep", type=float, default=1.0, help="fs")
     md.add_argument("--steps", type=int, default=1000)
@@ -369,9 +484,10 @@ def build_parser() -> argparse.ArgumentParser:
     md.add_argument("--friction", type=float, default=0.01, help="1/fs (nvt-langevin)")
     md.add_argument("--seed", type=int, default=0, help="seed of the initial velocities")
     md.add_argument("--interval", type=int, default=10, help="steps between log lines and frames")
-    md.add_argument("--traj", type=Path, help="trajectory file (.traj)")
-    md.add_argument("--log", type=Path, help="log file (ASE MDLogger columns)")
-    md.add_argument("-o", "--output", type=Path, help="final structure")
+    md.add_argument("--traj", type=Path, help="one structure: trajectory file (.traj)")
+    md.add_argument("--log", type=Path, help="log file (one structure: ASE MDLogger columns; several: one "
+                    "line per structure and interval)")
+    md.add_argument("-o", "--output", type=Path, help="final structures")
     md.set_defaults(run=_cmd_md)
     return parser
 

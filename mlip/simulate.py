@@ -15,7 +15,7 @@ from ase.filters import FrechetCellFilter
 from ase.io.trajectory import Trajectory
 from ase.md import MDLogger
 from ase.md.langevin import Langevin
-from ase.md.nose_hoover_chain import IsotropicMTKNPT, NoseHooverChainNVT
+from ase.md.nose_hoover_chain import MTKNPT, IsotropicMTKNPT, NoseHooverChainNVT
 from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
 from ase.md.verlet import VelocityVerlet
 from ase.optimize import BFGS, FIRE, LBFGS
@@ -28,7 +28,7 @@ from mlip.units import EV_PER_A3_TO_GPA
 log = logging.getLogger("mlip.simulate")
 
 OPTIMIZERS = {"fire": FIRE, "bfgs": BFGS, "lbfgs": LBFGS}
-ENSEMBLES = ("nve", "nvt", "nvt-langevin", "npt")
+ENSEMBLES = ("nve", "nvt", "nvt-langevin", "npt", "npt-aniso")
 
 
 def summary(atoms: ase.Atoms) -> str:
@@ -42,8 +42,9 @@ def summary(atoms: ase.Atoms) -> str:
     return line
 
 
-def write_structure(atoms: ase.Atoms, path: Path) -> None:
-    """Write ``atoms`` (extxyz unless the suffix says otherwise) atomically, with its results."""
+def write_structure(atoms: ase.Atoms | list[ase.Atoms], path: Path) -> None:
+    """Write ``atoms`` (one structure or a list; extxyz unless the suffix says otherwise)
+    atomically, with their results."""
     import io
 
     buffer = io.StringIO()
@@ -58,16 +59,17 @@ def relax(
     fmax: float = 0.05,
     steps: int = 500,
     relax_cell: bool = False,
+    pressure: float = 0.0,
     optimizer: str = "fire",
     trajectory: Path | None = None,
     progress: bool = True,
 ) -> bool:
     """Relax ``atoms`` in place (calculator attached) until max |F| < fmax (eV/Å), and with
-    ``relax_cell`` the cell too (FrechetCellFilter: generalised cell force = virial / N).
-    Returns whether it converged within ``steps``."""
+    ``relax_cell`` the cell too (FrechetCellFilter: generalised cell force = virial / N) under
+    the external ``pressure`` (GPa). Returns whether it converged within ``steps``."""
     if optimizer not in OPTIMIZERS:
         raise MlipError(f"unknown optimizer {optimizer!r}; choose one of {sorted(OPTIMIZERS)}")
-    target = FrechetCellFilter(atoms) if relax_cell else atoms
+    target = FrechetCellFilter(atoms, scalar_pressure=pressure / EV_PER_A3_TO_GPA) if relax_cell else atoms
     dynamics = OPTIMIZERS[optimizer](target, logfile=None, trajectory=None)
     writer = Trajectory(str(trajectory), "w", atoms) if trajectory else None
     bar = tqdm(total=steps, desc="relax", unit="step", disable=not progress, mininterval=1.0)
@@ -97,10 +99,11 @@ def make_dynamics(atoms: ase.Atoms, ensemble: str, *, temperature: float, timest
         return NoseHooverChainNVT(atoms, dt, temperature_K=temperature, tdamp=100 * dt)
     if ensemble == "nvt-langevin":
         return Langevin(atoms, dt, temperature_K=temperature, friction=friction / units.fs, rng=np.random.default_rng(seed))
-    if ensemble == "npt":
+    if ensemble in ("npt", "npt-aniso"):
         if not atoms.pbc.all():
             raise MlipError("NPT needs a structure periodic in all three directions")
-        return IsotropicMTKNPT(
+        barostat = IsotropicMTKNPT if ensemble == "npt" else MTKNPT
+        return barostat(
             atoms, dt, temperature_K=temperature, pressure_au=pressure * units.GPa, tdamp=100 * dt, pdamp=1000 * dt
         )
     raise MlipError(f"unknown ensemble {ensemble!r}; choose one of {ENSEMBLES}")

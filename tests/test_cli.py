@@ -118,3 +118,28 @@ def test_relax_defaults_to_the_bundled_model_and_structure(tmp_path, monkeypatch
     relaxed = ase.io.read(tmp_path / "Si64-diamond-relaxed.extxyz")
     a = relaxed.cell.lengths()[0] / 2  # 2x2x2 cubic cells
     assert 5.40 < a < 5.50  # the mlearn (PBE) Si lattice constant is about 5.47 Å
+
+
+def test_relax_and_md_of_many_structures_run_batched(tiny_model, tmp_path, capsys):
+    structures = [bulk("Si", "diamond", a=5.43, cubic=True), bulk("Si", "diamond", a=5.5)]
+    for seed, atoms in enumerate(structures):
+        atoms.rattle(0.05, seed=seed)
+    source = tmp_path / "many.xyz"
+    ase.io.write(source, structures)
+    out = tmp_path / "relaxed.extxyz"
+    code = main(["relax", str(source), "--model", str(tiny_model), "--steps", "400", "-o", str(out), "-q"])
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    assert "relaxed 2 structures" in printed and "structures/s" in printed and "2 converged" in printed
+    relaxed = ase.io.read(out, ":")
+    assert [len(a) for a in relaxed] == [8, 2] and all(a.info["relax_status"] == "converged" for a in relaxed)
+    assert all(np.linalg.norm(a.get_forces(), axis=1).max() < 0.05 for a in relaxed)
+    assert main(["relax", str(source), "--model", str(tiny_model), "--traj", str(tmp_path / "t.traj")]) == 2
+    assert "--traj works for one structure only" in capsys.readouterr().err
+
+    log = tmp_path / "md.log"
+    code = main(["md", str(source), "--model", str(tiny_model), "--ensemble", "nvt-langevin", "--steps", "10",
+                 "--interval", "5", "--log", str(log), "-o", str(tmp_path / "final.extxyz"), "-q"])
+    assert code == 0 and "atom-steps/s" in capsys.readouterr().out
+    assert len(log.read_text().splitlines()) == 1 + 2 * 2  # header + 2 structures x steps 5, 10
+    assert len(ase.io.read(tmp_path / "final.extxyz", ":")) == 2

@@ -1,0 +1,359 @@
+"""In-flight batching: a stream of structures of different sizes runs through one padded batch
+of fixed shape (atom, structure and edge budgets), so the simulation compiles once.
+
+Structures enter in input order while they fit the budget. The device runs many steps per call
+(a ``lax.while_loop``), freezing structures that have finished, and returns when enough of them
+have finished to be worth refilling (``refill_fraction`` of the batch, or ``chunk`` steps).
+The host then takes the finished structures out, packs waiting ones into the freed slots and
+carries the state of the others (positions, velocities, optimiser fields) over unchanged.
+
+Nothing is silently wrong: a neighbour list that outgrows its capacity (or a cell that needs
+more periodic images) stops the loop before the step is committed; the host grows the list by
+``growth`` and recompiles (only then). A structure that alone needs more edges than the budget,
+more atoms than the budget, or whose energy, forces or positions become non-finite (atoms
+flying apart under a broken potential) leaves the batch with a failure status and a message.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import functools
+import math
+import time
+from typing import Any, Sequence
+
+import ase
+import jax
+import jax.numpy as jnp
+import numpy as np
+from ase.calculators.singlepoint import SinglePointCalculator
+from ase.stress import full_3x3_to_voigt_6_stress
+from tqdm.auto import tqdm
+
+from mlip.data.neighbors import neighbor_list
+from mlip.errors import MlipError
+from mlip.potential import Potential, PotentialOutput
+from mlip.sim import neighbors as nl
+from mlip.sim.system import GRAPH, System, evaluate, make_system, record, stack, unstack
+
+#: Statuses of a finished structure.
+CONVERGED, UNCONVERGED, COMPLETED = "converged", "not converged", "completed"
+NON_FINITE, TOO_LARGE = "failed: non-finite", "failed: too large"
+
+
+@dataclasses.dataclass(frozen=True)
+class Budget:
+    """Sizes of the padded batch.
+
+    max_atoms: atom slots. max_structures: structure slots. max_edges: edge slots (None: the
+    densest input structure's edges per atom times max_atoms, times ``growth``). growth: factor
+    by which the edge capacity grows when it overflows. refill_fraction: the device returns to
+    the host for refilling when this fraction of the batch has finished. chunk: most steps per
+    device call (progress updates; MD logging interval).
+    """
+
+    max_atoms: int = 2048
+    max_structures: int = 256
+    max_edges: int | None = None
+    growth: float = 1.25
+    refill_fraction: float = 0.25
+    chunk: int = 100
+
+    def __post_init__(self):
+        if self.max_atoms < 1 or self.max_structures < 1 or self.chunk < 1 or not self.growth > 1:
+            raise MlipError(f"invalid batch budget {self}")
+
+
+@dataclasses.dataclass
+class Result:
+    """One structure's outcome, in input order.
+
+    atoms: the final structure (ase.Atoms with a SinglePointCalculator holding energy, forces
+    and, for periodic cells, stress). energy: eV. forces: [n, 3] eV/Å. stress: [3, 3] eV/Å^3
+    (ASE sign) or None when not periodic in 3-d. steps: steps taken. converged: reached the
+    target (relaxation) or ran all steps (MD). status: CONVERGED, UNCONVERGED, COMPLETED or
+    "failed: ..."; message: what went wrong. log: per-chunk observations (MD).
+    """
+
+    atoms: ase.Atoms
+    energy: float
+    forces: np.ndarray
+    stress: np.ndarray | None
+    steps: int
+    converged: bool
+    status: str
+    message: str = ""
+    log: list = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass
+class _Slot:
+    index: int
+    record: dict  # System fields (+ engine fields once started)
+    started: bool = False
+
+
+def run(
+    potential: Potential,
+    structures: Sequence[ase.Atoms],
+    engine: Any,
+    *,
+    skin: float = 0.5,
+    budget: Budget = Budget(),
+    progress: bool = False,
+) -> list[Result]:
+    """Run ``engine`` (mlip.sim.api's relaxation or MD engines) over all ``structures``."""
+    structures = list(structures)
+    for k, atoms in enumerate(structures):
+        if not isinstance(atoms, ase.Atoms):
+            raise MlipError(f"structure {k}: expected ase.Atoms, got {type(atoms).__name__}")
+        try:
+            potential.check_species(atoms.numbers)
+        except MlipError as exc:
+            raise MlipError(f"structure {k}: {exc}") from None
+    runner = _Runner(potential, engine, skin, budget, structures)
+    # Simulation wants full float32 matmuls, not TF32 (the default on GPUs).
+    with jax.default_matmul_precision("highest"):
+        return runner.run(progress)
+
+
+class _Runner:
+    """The host loop of `run` (one instance per call)."""
+
+    def __init__(self, potential, engine, skin, budget, structures):
+        self.potential, self.engine, self.budget = potential, engine, budget
+        self.dtype = jnp.dtype(potential.dtype)
+        self.structures = structures
+        self.results: list[Result | None] = [None] * len(structures)
+        self.logs: dict[int, list] = {}  # per-chunk observations of running structures
+        radius = potential.config.r_cut + skin
+        self.records = [record(a) for a in structures]
+        edges = [len(neighbor_list(a.positions, a.cell.array, a.pbc, radius).senders) for a in structures]
+        self.edges = np.asarray(edges)
+        sizes = np.array([len(a) for a in structures])
+        # The batch is no larger than the whole input needs (a few structures pad to little).
+        atom_slots = int(min(budget.max_atoms, max(sizes.sum(), 1)))
+        density = max((e / max(n, 1) for e, n in zip(edges, sizes)), default=1.0)
+        self.max_edges = budget.max_edges or max(1, math.ceil(density * atom_slots * budget.growth))
+        images = np.max([nl.images_needed(r["cell"], r["pbc"], radius) for r in self.records] or [[0, 0, 0]], axis=0)
+        self.spec = nl.NeighborSpec(
+            potential.config.r_cut, skin, self.max_edges, int(max(sizes, default=1)), tuple(int(n) for n in images)
+        )
+        self.shape = (atom_slots + 1, min(budget.max_structures, max(len(structures), 1)) + 1)
+
+    # -- host loop -------------------------------------------------------------------------
+
+    def run(self, progress: bool) -> list[Result]:
+        queue = collections.deque()
+        for k, atoms in enumerate(self.structures):
+            if len(atoms) > self.budget.max_atoms or self.edges[k] > self.max_edges:
+                self._fail(k, self.records[k], TOO_LARGE, f"{len(atoms)} atoms and {self.edges[k]} edges "
+                           f"exceed the batch budget ({self.budget.max_atoms} atoms, {self.max_edges} edges)")
+            else:
+                queue.append(k)
+        bar = tqdm(total=len(self.structures), desc="structures", unit="struct", disable=not progress)
+        bar.update(sum(r is not None for r in self.results))
+        start, slots, state = time.perf_counter(), [], None
+        while queue or slots:
+            if state is None:  # (re)pack: waiting structures take the free slots
+                slots = slots + self._admit(slots, queue)
+                state = self._pack(slots)
+            state = self._advance(state, queue)
+            slots, state, finished = self._harvest(state, slots, bool(queue))
+            bar.update(finished)
+            bar.set_postfix_str(f"{bar.n / (time.perf_counter() - start):.2f} structures/s", refresh=False)
+        bar.close()
+        return self.results
+
+    def _admit(self, slots, queue) -> list[_Slot]:
+        added = []
+        atoms = sum(len(s.record["numbers"]) for s in slots)
+        edges = sum(self.edges[s.index] for s in slots)
+        while queue and len(slots) + len(added) < self.budget.max_structures:
+            k = queue[0]
+            if atoms + len(self.structures[k]) > self.budget.max_atoms or edges + self.edges[k] > self.max_edges:
+                break
+            queue.popleft()
+            atoms, edges = atoms + len(self.structures[k]), edges + self.edges[k]
+            added.append(_Slot(k, dict(self.records[k])))
+        return added
+
+    def _pack(self, slots: list[_Slot]):
+        """A device state for ``slots``: started ones (first) keep their fields, new ones start."""
+        n_node, n_graph = self.shape
+        sizes = [len(s.record["numbers"]) for s in slots]
+        arrays = stack([s.record for s in slots], System.KINDS, n_node, n_graph)
+        while True:
+            system = make_system(arrays, sizes, self.spec, self.dtype)
+            if not bool(system.neighbors.overflow):
+                break
+            self.spec = nl.grown(self.spec, system.neighbors, self.budget.growth)
+        options = stack([self.engine.options(self.structures[s.index], s.index) for s in slots],
+                        self.engine.OPTIONS, n_node, n_graph)
+        fns = _compiled(self.engine, self.potential.config, self.spec)
+        fresh = fns.blank(system, options)
+        started = [s for s in slots if s.started]
+        carried = fresh
+        if started:
+            fields = stack([s.record for s in started], self.engine.state_type.KINDS, n_node, n_graph)
+            carried = fresh._replace(**{k: jnp.asarray(v, getattr(fresh, k).dtype) for k, v in fields.items()})
+        is_new = np.arange(n_graph) >= len(started)
+        return fns.start(self.potential.params, fresh, carried, jnp.asarray(is_new))
+
+    def _advance(self, state, queue):
+        """Run one chunk on the device; grow the neighbour list and retry on overflow."""
+        real = int(np.sum(np.asarray(state.system.graph_mask)))
+        min_done = max(1, math.ceil(self.budget.refill_fraction * real)) if queue else real
+        while True:
+            fns = _compiled(self.engine, self.potential.config, self.spec)
+            state = fns.chunk(self.potential.params, state, self.budget.chunk, min_done)
+            neighbors = state.system.neighbors
+            if not bool(neighbors.overflow):
+                return state
+            self.spec = nl.grown(self.spec, neighbors, self.budget.growth)
+            grown = nl.padded(neighbors, self.spec.capacity)
+            state = state._replace(system=state.system._replace(neighbors=grown))
+
+    def _harvest(self, state, slots, refill: bool):
+        """Record finished structures; returns the remaining slots, the state to continue
+        with (None when the batch must be repacked) and how many finished."""
+        kinds = {**System.KINDS, **self.engine.state_type.KINDS}
+        arrays = {k: np.asarray(getattr(state.system if k in System.KINDS else state, k)) for k in kinds}
+        sizes = [len(s.record["numbers"]) for s in slots]
+        records = unstack(arrays, kinds, sizes)
+        done = np.asarray(_finished(self.engine, state))[: len(slots)]
+        finite = np.asarray(_finite(state))[: len(slots)]
+        observe = getattr(self.engine, "observe", None)
+        finished = 0
+        for g, (slot, rec) in enumerate(zip(slots, records)):
+            if self.results[slot.index] is not None:
+                continue  # finished earlier, frozen until the batch is repacked
+            slot.record, slot.started = rec, True
+            if observe is not None:
+                self.logs.setdefault(slot.index, []).append(observe(rec))
+            if not finite[g]:
+                self._fail(slot.index, rec, NON_FINITE, "energy, forces or positions became non-finite "
+                           "(atoms flying apart or collapsing under the potential)")
+                finished += 1
+            elif done[g]:
+                self._finish(slot.index, rec)
+                finished += 1
+        running = [s for s in slots if self.results[s.index] is None]
+        if not running or (refill and finished):
+            return running, None, finished  # repack (or stop): finished structures leave
+        return slots, state, finished
+
+    # -- results ---------------------------------------------------------------------------
+
+    def _finish(self, index, rec):
+        converged = bool(self.engine.succeeded(rec))
+        status = self.engine.success_status if converged else UNCONVERGED
+        self.results[index] = self._result(index, rec, status, converged, "")
+
+    def _fail(self, index, rec, status, message):
+        self.results[index] = self._result(index, rec, status, False, message)
+
+    def _result(self, index, rec, status, converged, message) -> Result:
+        original = self.structures[index]
+        atoms = original.copy()
+        n = len(atoms)
+        forces = np.asarray(rec.get("forces", np.full((n, 3), np.nan)), np.float64)
+        energy = float(rec.get("energy", np.nan))
+        stress = np.asarray(rec["stress"], np.float64) if "stress" in rec and atoms.pbc.all() else None
+        if "steps" in rec:
+            atoms.positions = rec["positions"]
+            if atoms.pbc.all():
+                atoms.set_cell(rec["cell"], scale_atoms=False)
+            self.engine.finalize(atoms, rec)
+            results = {"energy": energy, "free_energy": energy, "forces": forces}
+            if stress is not None:
+                results["stress"] = full_3x3_to_voigt_6_stress(stress)
+            atoms.calc = SinglePointCalculator(atoms, **results)
+        return Result(atoms, energy, forces, stress, int(rec.get("steps", 0)), converged, status, message,
+                      self.logs.pop(index, []))
+
+
+# -- device functions ------------------------------------------------------------------------
+
+
+def _finite(state):
+    """bool [G]: energy, forces and positions of each structure are finite."""
+    system = state.system
+    atom_ok = jnp.all(jnp.isfinite(system.positions) & jnp.isfinite(state.forces), axis=1) | ~system.node_mask
+    graph_ok = jax.ops.segment_min(atom_ok.astype(jnp.int32), system.node_graph, system.cell.shape[0]) > 0
+    return graph_ok & jnp.isfinite(state.energy) & jnp.all(jnp.isfinite(system.cell), axis=(1, 2))
+
+
+def _finished(engine, state):
+    """bool [G]: real structures that need no more steps (done, or failed)."""
+    return state.system.graph_mask & (engine.finished(state) | ~_finite(state))
+
+
+def select(active, new, old):
+    """``new`` for structures where ``active`` [G] holds, ``old`` elsewhere (per KINDS)."""
+    graph = new.system.node_graph
+
+    def pick(kind, a, b):
+        mask = active if kind == GRAPH else active[graph]
+        return jnp.where(mask.reshape(mask.shape + (1,) * (a.ndim - 1)), a, b)
+
+    system = new.system._replace(**{
+        k: pick(kind, getattr(new.system, k), getattr(old.system, k)) for k, kind in System.KINDS.items()
+    })
+    fields = {k: pick(kind, getattr(new, k), getattr(old, k)) for k, kind in type(new).KINDS.items()}
+    return new._replace(system=system, **fields)
+
+
+def _no_forces(system: System) -> PotentialOutput:
+    """Zero energy, forces and stress for every slot (see `_Functions.blank`)."""
+    zeros = jnp.zeros(system.cell.shape[0], system.positions.dtype)
+    return PotentialOutput(zeros, jnp.zeros_like(system.masses), jnp.zeros_like(system.positions),
+                           jnp.zeros_like(system.cell), system.graph_mask)
+
+
+class _Functions:
+    """The jitted device functions of one (engine, model config, neighbour spec)."""
+
+    def __init__(self, engine, config, spec):
+        def build(params):
+            return engine.build(functools.partial(evaluate, config, params), spec)
+
+        def blank(system, options):
+            # init_fn with a stand-in potential: every field but the forces, without tracing
+            # the model; `start` evaluates the real one once, after merging.
+            return engine.build(_no_forces, spec)[0](system, **options)
+
+        def start(params, fresh, carried, is_new):
+            return build(params)[2](select(is_new, fresh, carried))
+
+        def chunk(params, state, limit, min_done):
+            step_fn = build(params)[1]
+
+            def cond(carry):
+                state, i, overflow = carry
+                done = _finished(engine, state)
+                waiting = jnp.any(state.system.graph_mask & ~done)
+                return ~overflow & (i < limit) & (jnp.sum(done) < min_done) & waiting
+
+            def body(carry):
+                state, i, _ = carry
+                new = select(~_finished(engine, state), step_fn(state), state)
+                overflow = new.system.neighbors.overflow
+                # On overflow keep the last good state, flagged with what the list needed.
+                flagged = state._replace(system=state.system._replace(neighbors=state.system.neighbors._replace(
+                    count=new.system.neighbors.count, graph_count=new.system.neighbors.graph_count,
+                    images=new.system.neighbors.images, overflow=overflow)))
+                state = jax.tree.map(lambda a, b: jnp.where(overflow, a, b), flagged, new)
+                return state, i + 1, overflow
+
+            state, _, _ = jax.lax.while_loop(cond, body, (state, jnp.zeros((), jnp.int32), jnp.zeros((), bool)))
+            return state
+
+        self.blank, self.start, self.chunk = jax.jit(blank), jax.jit(start), jax.jit(chunk)
+
+
+@functools.lru_cache(maxsize=32)
+def _compiled(engine, config, spec) -> _Functions:
+    return _Functions(engine, config, spec)
+

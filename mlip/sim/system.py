@@ -1,0 +1,176 @@
+"""`System`: a padded batch of structures on the device, and the host-side packing that lets
+structures enter and leave a batch without changing its shape.
+
+Layout (that of mlip.data.graph): real atoms first, structure after structure, then padding
+atoms, which belong to the last structure slot, always a padding slot. Padding slots have an
+identity cell and pbc False; padding atoms have mass 1 and atomic number 0.
+
+Every state of mlip.sim says which of its fields are per-atom (first axis N) and which
+per-structure (first axis G) in a class attribute ``KINDS``; `stack` and `unstack` use it to
+cut a batch into per-structure records and to pack records into a batch, written once for all
+integrators and optimisers.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Sequence
+
+import ase
+import jax
+import jax.numpy as jnp
+import numpy as np
+from ase.geometry import complete_cell
+
+from mlip.data.graph import GraphBatch
+from mlip.potential import PotentialOutput, compute
+from mlip.sim import neighbors as nl
+
+ATOM, GRAPH = "atom", "graph"
+
+#: Padding values other than zero, by field name (finite cells, non-zero masses).
+PADDING = {"cell": np.eye(3), "reference_cell": np.eye(3), "masses": 1.0}
+
+
+class System(NamedTuple):
+    """Structures packed into N atom slots and G structure slots.
+
+    positions: [N, 3], Å (not wrapped).
+    cell: [G, 3, 3], Å, rows are lattice vectors; completed (ase.geometry.complete_cell) along
+        open directions, where it has no effect on energies.
+    numbers: int32 [N], atomic numbers (0 for padding).
+    masses: [N], amu (1 for padding).
+    pbc: bool [G, 3].
+    node_graph: int32 [N]; node_mask: bool [N]; graph_mask: bool [G].
+    graph_start: int32 [G], first atom of each structure; n_node: int32 [G], its atom count.
+    neighbors: mlip.sim.neighbors.NeighborList.
+    """
+
+    positions: jax.Array
+    cell: jax.Array
+    numbers: jax.Array
+    masses: jax.Array
+    pbc: jax.Array
+    node_graph: jax.Array
+    node_mask: jax.Array
+    graph_mask: jax.Array
+    graph_start: jax.Array
+    n_node: jax.Array
+    neighbors: nl.NeighborList
+
+    KINDS = {"positions": ATOM, "cell": GRAPH, "numbers": ATOM, "masses": ATOM, "pbc": GRAPH}
+
+    @property
+    def topology(self) -> nl.Topology:
+        return nl.Topology(self.node_graph, self.node_mask, self.graph_start, self.n_node, self.pbc)
+
+
+def record(atoms: ase.Atoms) -> dict:
+    """The per-structure record of ``atoms`` (System fields; see `stack`)."""
+    return {
+        "positions": np.asarray(atoms.positions, np.float64),
+        "cell": complete_cell(atoms.cell.array),
+        "numbers": np.asarray(atoms.numbers, np.int32),
+        "masses": np.asarray(atoms.get_masses(), np.float64),
+        "pbc": np.asarray(atoms.pbc, bool),
+    }
+
+
+def stack(records: Sequence[dict], kinds: dict, n_node: int, n_graph: int) -> dict:
+    """Pack per-structure ``records`` (field -> array) into padded [N, ...] / [G, ...] arrays.
+
+    Per-atom fields are concatenated, per-structure fields stacked; padding takes the values
+    of `PADDING` (zero otherwise). Needs n_node > total atoms and n_graph > len(records).
+    """
+    if len(records) >= n_graph:
+        raise ValueError(f"{len(records)} structures do not fit in {n_graph} slots (one is padding)")
+    out = {}
+    for name, kind in kinds.items():
+        parts = [np.asarray(r[name]) for r in records]
+        joined = np.concatenate(parts) if kind == ATOM else np.stack(parts)
+        rows = n_node if kind == ATOM else n_graph
+        if len(joined) >= rows and kind == ATOM:
+            raise ValueError(f"{len(joined)} atoms do not fit in {n_node} slots (one is padding)")
+        array = np.empty((rows,) + joined.shape[1:], joined.dtype)
+        array[...] = PADDING.get(name, 0)
+        array[: len(joined)] = joined
+        out[name] = array
+    return out
+
+
+def unstack(arrays: dict, kinds: dict, sizes: Sequence[int]) -> list[dict]:
+    """Inverse of `stack`: per-structure records of the first ``len(sizes)`` structures."""
+    arrays = {name: np.asarray(arrays[name]) for name in kinds}
+    starts = np.concatenate([[0], np.cumsum(sizes)]).astype(int)
+    return [
+        {
+            name: array[starts[g] : starts[g + 1]] if kinds[name] == ATOM else array[g]
+            for name, array in arrays.items()
+        }
+        for g in range(len(sizes))
+    ]
+
+
+def layout(sizes: Sequence[int], n_node: int, n_graph: int) -> dict:
+    """Layout fields of a System holding structures of ``sizes`` atoms (host numpy)."""
+    sizes = np.asarray(sizes, np.int32)
+    real = int(sizes.sum())
+    node_graph = np.full(n_node, n_graph - 1, np.int32)
+    node_graph[:real] = np.repeat(np.arange(len(sizes), dtype=np.int32), sizes)
+    graph_start = np.full(n_graph, real, np.int32)
+    graph_start[: len(sizes)] = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    n_node_per_graph = np.zeros(n_graph, np.int32)
+    n_node_per_graph[: len(sizes)] = sizes
+    return {
+        "node_graph": node_graph,
+        "node_mask": np.arange(n_node) < real,
+        "graph_mask": np.arange(n_graph) < len(sizes),
+        "graph_start": graph_start,
+        "n_node": n_node_per_graph,
+    }
+
+
+def make_system(arrays: dict, sizes: Sequence[int], spec: nl.NeighborSpec, dtype) -> System:
+    """A System from stacked fields (`stack`) with a freshly built neighbour list (device)."""
+    n_node, n_graph = len(arrays["numbers"]), len(arrays["cell"])
+    fields = {**{k: arrays[k] for k in System.KINDS}, **layout(sizes, n_node, n_graph)}
+    fields["positions"] = jnp.asarray(fields["positions"], dtype)
+    fields["cell"] = jnp.asarray(fields["cell"], dtype)
+    fields["masses"] = jnp.asarray(fields["masses"], dtype)
+    fields = {k: jnp.asarray(v) for k, v in fields.items()}
+    topology = nl.Topology(*(fields[k] for k in ("node_graph", "node_mask", "graph_start", "n_node", "pbc")))
+    neighbors = _build(spec, fields["positions"], fields["cell"], topology)
+    return System(**fields, neighbors=neighbors)
+
+
+_build = jax.jit(nl.build, static_argnums=0)
+
+
+def graph_batch(system: System) -> GraphBatch:
+    """The GraphBatch that mlip.potential.compute reads (edges from the device list)."""
+    edges = system.neighbors
+    return GraphBatch(
+        positions=system.positions,
+        numbers=system.numbers,
+        node_graph=system.node_graph,
+        node_mask=system.node_mask,
+        senders=edges.senders,
+        receivers=edges.receivers,
+        shifts=edges.shifts,
+        edge_mask=edges.edge_mask,
+        cell=system.cell,
+        pbc=system.pbc,
+        graph_mask=system.graph_mask,
+        n_node=system.n_node,
+        n_edge=jnp.zeros_like(system.n_node),
+    )
+
+
+def evaluate(config, params, system: System) -> PotentialOutput:
+    """Energy [G] (eV), forces [N, 3] (eV/Å) and stress [G, 3, 3] (eV/Å^3) of ``system``."""
+    return compute(config, params, graph_batch(system))
+
+
+def moved(system: System, positions, cell, spec: nl.NeighborSpec) -> System:
+    """``system`` at new ``positions`` and ``cell``, its neighbour list updated if stale."""
+    neighbors = nl.update(spec, system.neighbors, positions, cell, system.topology)
+    return system._replace(positions=positions, cell=cell, neighbors=neighbors)

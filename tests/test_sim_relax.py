@@ -1,0 +1,94 @@
+"""Batched on-device relaxation (mlip.sim.relax): the same path as ASE's FIRE +
+FrechetCellFilter with mlip's Calculator, in-flight refilling, regrowth, clear failures."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+from ase.build import bulk, molecule
+from ase.filters import FrechetCellFilter
+from ase.optimize import FIRE
+
+from mlip.calculator import Calculator
+from mlip.errors import MlipError
+from mlip.potential import Potential
+from mlip.sim import Budget, relax
+from mlip.sim.batcher import TOO_LARGE, _compiled
+from mlip.units import EV_PER_A3_TO_GPA
+
+
+@pytest.fixture(scope="module")
+def potential():
+    return Potential.create("small", species=["H", "O", "Si"], r_cut=4.0, seed=0, dtype="float64",
+                            channels=8, mixing_hidden=8, readout_hidden=8)
+
+
+def silicon(k, cubic=True):
+    atoms = bulk("Si", "diamond", a=5.43, cubic=cubic)
+    atoms.rattle(0.04, seed=k)
+    atoms.set_cell(atoms.cell.array @ (np.eye(3) + 0.015 * k * np.array([[1, 0.2, 0], [0, -0.5, 0], [0, 0, 0.3]])),
+                   scale_atoms=True)
+    return atoms
+
+
+def ase_relax(potential, atoms, fmax, pressure=0.0, steps=300):
+    atoms = atoms.copy()
+    atoms.calc = Calculator(potential, compilation_cache=None)
+    target = FrechetCellFilter(atoms, scalar_pressure=pressure / EV_PER_A3_TO_GPA) if atoms.pbc.all() else atoms
+    optimizer = FIRE(target, logfile=None)
+    converged = optimizer.run(fmax=fmax, steps=steps)
+    return atoms, optimizer.nsteps, converged
+
+
+def assert_same_relaxation(result, reference):
+    atoms, steps, converged = reference
+    n = len(atoms)
+    assert result.converged == converged and result.steps == steps
+    assert abs(result.energy - atoms.get_potential_energy()) / n < 1e-4
+    np.testing.assert_allclose(result.atoms.positions, atoms.positions, atol=1e-6)
+    np.testing.assert_allclose(result.atoms.cell.array, atoms.cell.array, atol=1e-6)
+    np.testing.assert_allclose(result.forces, atoms.get_forces(), atol=1e-6)
+
+
+def test_batched_fire_with_cell_equals_ase_and_refills_in_flight(potential):
+    structures = [silicon(0), silicon(1, cubic=False), silicon(2), molecule("H2O")]
+    structures[3].center(vacuum=2.0)
+    before = _compiled.cache_info().currsize
+    # Two structure slots for four structures: finished ones leave, waiting ones take over.
+    results = relax(potential, structures, fmax=0.02, relax_cell=True, max_steps=300,
+                    budget=Budget(max_atoms=20, max_structures=2, chunk=40))
+    for atoms, result in zip(structures, results):
+        assert result.status == "converged"
+        assert_same_relaxation(result, ase_relax(potential, atoms, 0.02))
+    assert results[3].stress is None and results[0].stress.shape == (3, 3)
+    assert _compiled.cache_info().currsize - before == 1  # one compiled shape for the whole run
+    assert structures[0].calc is None and results[0].atoms.get_potential_energy() == results[0].energy
+
+
+def test_capacity_regrows_under_pressure_and_matches_ase(potential):
+    # 40 GPa shrinks the cell: the edge count outgrows the initial capacity and must regrow.
+    atoms = silicon(1)
+    compiled = _compiled.cache_info().misses
+    results = relax(potential, [atoms], fmax=0.05, relax_cell=True, pressure=40.0, max_steps=300,
+                    budget=Budget(growth=1.05))
+    reference = ase_relax(potential, atoms, 0.05, pressure=40.0)
+    assert_same_relaxation(results[0], reference)
+    assert reference[0].get_volume() < 0.9 * atoms.get_volume()
+    assert _compiled.cache_info().misses - compiled >= 2  # the first capacity, then a grown one
+
+
+def test_structures_over_budget_fail_clearly_and_others_run(potential):
+    small, big = silicon(0), silicon(0).repeat((2, 1, 1))
+    results = relax(potential, [big, small], fmax=0.1, budget=Budget(max_atoms=10))
+    assert results[0].status == TOO_LARGE and "16 atoms" in results[0].message
+    assert not results[0].converged and np.isnan(results[0].energy)
+    assert results[1].converged
+
+
+def test_bad_arguments_are_clear_errors(potential):
+    with pytest.raises(MlipError, match="structure 0: element.*Cu"):
+        relax(potential, [bulk("Cu", "fcc", a=3.6)])
+    with pytest.raises(MlipError, match="fmax > 0"):
+        relax(potential, [silicon(0)], fmax=0.0)
+    with pytest.raises(MlipError, match="invalid batch budget"):
+        dataclasses.replace(Budget(), max_atoms=0)
