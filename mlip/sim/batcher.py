@@ -224,16 +224,16 @@ class _Runner:
         records = unstack(arrays, kinds, sizes)
         done = np.asarray(_finished(self.engine, state))[: len(slots)]
         finite = np.asarray(_finite(state))[: len(slots)]
-        observe = getattr(self.engine, "observe", None)
+        observe = getattr(self.engine, "observe", None)  # engines that log have an interval
         finished = 0
         for g, (slot, rec) in enumerate(zip(slots, records)):
             if self.results[slot.index] is not None:
                 continue  # finished earlier, frozen until the batch is repacked
             slot.record, slot.started = rec, True
-            if observe is not None:
+            if observe is not None and (rec["steps"] % self.engine.interval == 0 or done[g]):
                 self.logs.setdefault(slot.index, []).append(observe(rec))
             if not finite[g]:
-                self._fail(slot.index, rec, NON_FINITE, "energy, forces or positions became non-finite "
+                self._fail(slot.index, rec, NON_FINITE, "energy, forces, positions or velocities became non-finite "
                            "(atoms flying apart or collapsing under the potential)")
                 finished += 1
             elif done[g]:
@@ -278,11 +278,14 @@ class _Runner:
 
 
 def _finite(state):
-    """bool [G]: energy, forces and positions of each structure are finite."""
+    """bool [G]: energy, forces, positions, cell and (MD) kinetic energy of each structure are
+    finite."""
     system = state.system
     atom_ok = jnp.all(jnp.isfinite(system.positions) & jnp.isfinite(state.forces), axis=1) | ~system.node_mask
     graph_ok = jax.ops.segment_min(atom_ok.astype(jnp.int32), system.node_graph, system.cell.shape[0]) > 0
-    return graph_ok & jnp.isfinite(state.energy) & jnp.all(jnp.isfinite(system.cell), axis=(1, 2))
+    graph_ok = graph_ok & jnp.isfinite(state.energy) & jnp.all(jnp.isfinite(system.cell), axis=(1, 2))
+    kinetic = getattr(state, "kinetic_energy", None)
+    return graph_ok if kinetic is None else graph_ok & jnp.isfinite(kinetic)
 
 
 def _finished(engine, state):
@@ -333,8 +336,13 @@ class _Functions:
             def cond(carry):
                 state, i, overflow = carry
                 done = _finished(engine, state)
-                waiting = jnp.any(state.system.graph_mask & ~done)
-                return ~overflow & (i < limit) & (jnp.sum(done) < min_done) & waiting
+                running = state.system.graph_mask & ~done
+                # An engine that logs every k steps (MD) stops the chunk where a running
+                # structure reaches a multiple of k, so a chunk cut short (overflow, refill)
+                # never shifts the log.
+                interval = getattr(engine, "interval", None)
+                at_boundary = jnp.asarray(False) if interval is None else (i > 0) & jnp.any(running & (state.steps % interval == 0))
+                return ~overflow & (i < limit) & (jnp.sum(done) < min_done) & jnp.any(running) & ~at_boundary
 
             def body(carry):
                 state, i, _ = carry

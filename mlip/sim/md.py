@@ -40,6 +40,7 @@ class MDEngine:
     compressibility: float
     seed: int = dataclasses.field(compare=False)
     init_temperature: float | None = dataclasses.field(compare=False)
+    interval: int = 100  # steps between log entries
 
     state_type: ClassVar = integrators.MDState
     OPTIONS: ClassVar = {"velocities": ATOM, "temperature": GRAPH, "pressure": GRAPH, "key": GRAPH}
@@ -84,7 +85,7 @@ class MDEngine:
         atoms.set_velocities(record["velocities"] / units.fs)
 
     def observe(self, record: dict) -> dict:
-        """What is logged for a structure after each chunk of steps."""
+        """What is logged for a structure every ``interval`` steps and at its end."""
         dof = max(3 * len(record["numbers"]), 1)
         return {
             "steps": int(record["steps"]),
@@ -142,7 +143,7 @@ def md(
     engine = MDEngine(
         ensemble, int(steps), float(timestep), float(temperature), float(pressure) / EV_PER_A3_TO_GPA,
         float(friction), float(tau), float(tau_p), EV_PER_A3_TO_GPA / float(bulk_modulus), int(seed),
-        None if init_temperature is None else float(init_temperature),
+        None if init_temperature is None else float(init_temperature), int(interval),
     )
     budget = budget or Budget(chunk=interval)
     return run(potential, structures, engine, skin=skin, budget=dataclasses.replace(budget, chunk=interval), progress=progress)
