@@ -9,24 +9,25 @@ import pytest
 
 from mlip.data.neighbors import neighbor_list
 from mlip.sim import neighbors as nl
-from mlip.sim.system import System, make_system, record, stack
+from mlip.sim.system import System, graph_batch, make_system, record, stack
 from mlip.testing import random_frame
 
 CUTOFF = 3.5
 
 
-def batch_of(atoms_list, cutoff=CUTOFF, skin=0.0, capacity=None, images=None):
+def batch_of(atoms_list, cutoff=CUTOFF, skin=0.0, capacity=None, images=None, active=None):
     records = [record(a) for a in atoms_list]
     sizes = [len(a) for a in atoms_list]
     arrays = stack(records, System.KINDS, sum(sizes) + 2, len(atoms_list) + 1)
     needed = np.max(nl.images_needed(arrays["cell"], arrays["pbc"], cutoff + skin), axis=0)
-    spec = nl.NeighborSpec(cutoff, skin, capacity or 10_000, max(sizes), images or tuple(int(n) for n in needed))
+    spec = nl.NeighborSpec(cutoff, skin, capacity or 10_000, max(sizes), images or tuple(int(n) for n in needed), active)
     return make_system(arrays, sizes, spec, np.float64), spec
 
 
-def edge_sets(system, sizes):
-    """Per structure: the set of (receiver, sender, shift) in local atom indices."""
-    edges = system.neighbors
+def edge_sets(system, sizes, active=False):
+    """Per structure: the set of (receiver, sender, shift) in local atom indices, of the whole
+    list or (``active``) of the edges the model sees."""
+    edges = graph_batch(system) if active else system.neighbors
     senders, receivers, shifts, mask = (np.asarray(a) for a in (edges.senders, edges.receivers, edges.shifts, edges.edge_mask))
     assert np.all(np.diff(receivers) >= 0), "receivers must be sorted"
     out, start = [], 0
@@ -85,10 +86,25 @@ def test_too_few_images_overflow():
     assert nl.grown(spec, system.neighbors, 1.5).images == tuple(int(n) for n in system.neighbors.images)
 
 
+def test_too_few_active_slots_overflow_and_regrow():
+    structures = awkward_structures()[:3]
+    system, spec = batch_of(structures, skin=0.5, active=16)
+    edges = system.neighbors
+    assert bool(edges.overflow) and int(edges.active_count) > 16 and int(edges.count) <= spec.capacity
+    bigger = nl.grown(spec, edges, 1.5)
+    assert bigger.active_capacity == int(np.ceil(int(edges.active_count) * 1.5)) and bigger.capacity == spec.capacity
+    grown = jax.jit(nl.padded, static_argnums=0)(bigger, edges, system.positions, system.cell, system.topology)
+    system = system._replace(neighbors=grown)
+    assert not bool(grown.overflow)
+    assert edge_sets(system, [len(a) for a in structures], active=True) == [host_set(a) for a in structures]
+
+
 def test_skin_list_stays_exact_under_motion_and_cell_deformation():
+    # The list holds every pair within the cutoff (and some of the skin); the model's active
+    # edges are exactly the pairs within the cutoff.
     rng = np.random.default_rng(1)
     structures = [random_frame(rng, 8, size=4.0, skew=0.4, min_distance=1.0).to_atoms() for _ in range(2)]
-    system, spec = batch_of(structures, skin=0.6)
+    system, spec = batch_of(structures, skin=0.6, active=1000)
     update = jax.jit(nl.update, static_argnums=0)
     sizes = [len(a) for a in structures]
     for step in range(12):
@@ -102,6 +118,7 @@ def test_skin_list_stays_exact_under_motion_and_cell_deformation():
         for atoms, device in zip(structures, edge_sets(system, sizes)):
             exact = host_set(atoms, CUTOFF)
             assert exact <= device <= host_set(atoms, CUTOFF + 0.6 + 1.0)
+        assert edge_sets(system, sizes, active=True) == [host_set(a, CUTOFF) for a in structures]
     assert 1 <= int(system.neighbors.builds) < 12
 
 

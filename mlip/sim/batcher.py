@@ -127,18 +127,28 @@ class _Runner:
         self.structures = structures
         self.results: list[Result | None] = [None] * len(structures)
         self.logs: dict[int, list] = {}  # per-chunk observations of running structures
-        radius = potential.config.r_cut + skin
+        cutoff = potential.config.r_cut
         self.records = [record(a) for a in structures]
-        edges = [len(neighbor_list(a.positions, a.cell.array, a.pbc, radius).senders) for a in structures]
+        edges, within = [], []
+        for a in structures:
+            listed = neighbor_list(a.positions, a.cell.array, a.pbc, cutoff + skin)
+            edges.append(len(listed.senders))
+            vectors = a.positions[listed.senders] - a.positions[listed.receivers] + listed.shifts @ a.cell.array
+            within.append(int(np.sum(np.linalg.norm(vectors, axis=1) < cutoff)))
         self.edges = np.asarray(edges)
         sizes = np.array([len(a) for a in structures])
         # The batch is no larger than the whole input needs (a few structures pad to little).
         atom_slots = int(min(budget.max_atoms, max(sizes.sum(), 1)))
-        density = max((e / max(n, 1) for e, n in zip(edges, sizes)), default=1.0)
-        self.max_edges = budget.max_edges or max(1, math.ceil(density * atom_slots * budget.growth))
-        images = np.max([nl.images_needed(r["cell"], r["pbc"], radius) for r in self.records] or [[0, 0, 0]], axis=0)
+
+        def slots_for(counts):  # the densest structure's edges per atom, over every atom slot
+            density = max((e / max(n, 1) for e, n in zip(counts, sizes)), default=1.0)
+            return max(1, math.ceil(density * atom_slots * budget.growth))
+
+        self.max_edges = budget.max_edges or slots_for(edges)
+        images = np.max([nl.images_needed(r["cell"], r["pbc"], cutoff + skin) for r in self.records] or [[0, 0, 0]], axis=0)
         self.spec = nl.NeighborSpec(
-            potential.config.r_cut, skin, self.max_edges, int(max(sizes, default=1)), tuple(int(n) for n in images)
+            cutoff, skin, self.max_edges, int(max(sizes, default=1)), tuple(int(n) for n in images),
+            active_capacity=min(slots_for(within), self.max_edges),
         )
         self.shape = (atom_slots + 1, min(budget.max_structures, max(len(structures), 1)) + 1)
 
@@ -212,8 +222,9 @@ class _Runner:
             if not bool(neighbors.overflow):
                 return state
             self.spec = nl.grown(self.spec, neighbors, self.budget.growth)
-            grown = nl.padded(neighbors, self.spec.capacity)
-            state = state._replace(system=state.system._replace(neighbors=grown))
+            system = state.system
+            grown = _padded(self.spec, neighbors, system.positions, system.cell, system.topology)
+            state = state._replace(system=system._replace(neighbors=grown))
 
     def _harvest(self, state, slots, refill: bool):
         """Record finished structures; returns the remaining slots, the state to continue
@@ -349,9 +360,10 @@ class _Functions:
                 new = select(~_finished(engine, state), step_fn(state), state)
                 overflow = new.system.neighbors.overflow
                 # On overflow keep the last good state, flagged with what the list needed.
+                needed = new.system.neighbors
                 flagged = state._replace(system=state.system._replace(neighbors=state.system.neighbors._replace(
-                    count=new.system.neighbors.count, graph_count=new.system.neighbors.graph_count,
-                    images=new.system.neighbors.images, overflow=overflow)))
+                    count=needed.count, graph_count=needed.graph_count, images=needed.images,
+                    active_count=needed.active_count, overflow=overflow)))
                 state = jax.tree.map(lambda a, b: jnp.where(overflow, a, b), flagged, new)
                 return state, i + 1, overflow
 
@@ -359,6 +371,9 @@ class _Functions:
             return state
 
         self.blank, self.start, self.chunk = jax.jit(blank), jax.jit(start), jax.jit(chunk)
+
+
+_padded = jax.jit(nl.padded, static_argnums=0)
 
 
 @functools.lru_cache(maxsize=32)

@@ -20,6 +20,12 @@ Fixed shapes: the list has a static ``capacity``; a build that finds more edges,
 that needs more images than the static box holds, sets ``overflow`` (the list is then
 incomplete and must not be used: the caller regrows on the host, see mlip.sim.batcher).
 
+Active edges: the model only needs the pairs closer than the cutoff, about (r_cut / radius)^3
+of the list (75% at 5 Å + 0.5 Å skin). With ``active_capacity`` set, every update also
+compacts the list to those pairs (`activate`, a gather of O(E) distances), so the model runs on
+``active_capacity`` edge slots instead of ``capacity``; more pairs inside the cutoff than that
+sets ``overflow`` too.
+
 Verlet skin: with F = H0^-1 H the cell deformation since the build and u_i the displacement of
 atom i in fractional coordinates expressed in the current cell, every pair now closer than the
 cutoff was closer than ``cutoff + skin`` at the build while (cutoff + skin) s_min(F) - 2 max|u|
@@ -45,6 +51,8 @@ class NeighborSpec:
     cutoff: interaction cutoff, Å. skin: Verlet skin, Å (the list holds pairs within
     cutoff + skin). capacity: edges held. max_atoms: atoms of the largest structure.
     images: (nx, ny, nz), the largest |shift| searched along each lattice direction.
+    active_capacity: edge slots for the pairs within the cutoff (None: no compaction, the
+    model sees the whole list).
     """
 
     cutoff: float
@@ -52,6 +60,7 @@ class NeighborSpec:
     capacity: int
     max_atoms: int
     images: tuple[int, int, int]
+    active_capacity: int | None = None
 
     @property
     def radius(self) -> float:
@@ -74,8 +83,11 @@ class NeighborList(NamedTuple):
     count: int32 [], edges found at the last build (may exceed E: then ``overflow``).
     graph_count: int32 [G], edges of each structure at the last build.
     images: int32 [3], largest shift needed per direction at the last build, over the batch.
-    overflow: bool [], the last build did not fit (edges or images): the list is incomplete.
+    overflow: bool [], the last build (or activation) did not fit (edges, images or active
+        edges): the list is incomplete.
     builds: int32 [], builds so far.
+    active: int32 [A], indices of the edges within the cutoff (see `activate`), or None.
+    active_mask: bool [A], or None. active_count: int32 [], pairs within the cutoff, or None.
     """
 
     senders: jax.Array
@@ -89,6 +101,9 @@ class NeighborList(NamedTuple):
     images: jax.Array
     overflow: jax.Array
     builds: jax.Array
+    active: jax.Array | None = None
+    active_mask: jax.Array | None = None
+    active_count: jax.Array | None = None
 
 
 class Topology(NamedTuple):
@@ -157,7 +172,7 @@ def build(spec: NeighborSpec, positions, cell, topology: Topology) -> NeighborLi
     needed = jnp.where(finite[:, None], images_needed(jnp.where(finite[:, None, None], cell, jnp.eye(3)), topology.pbc, spec.radius), 0)
     needed = jnp.max(needed, axis=0)
     pad = n_nodes - 1
-    return NeighborList(
+    fresh = NeighborList(
         senders=jnp.where(edge_mask, sender, pad).astype(jnp.int32),
         receivers=jnp.where(edge_mask, receiver, pad).astype(jnp.int32),
         shifts=jnp.where(edge_mask[:, None], shift, 0).astype(jnp.int32),
@@ -169,6 +184,25 @@ def build(spec: NeighborSpec, positions, cell, topology: Topology) -> NeighborLi
         images=needed,
         overflow=(count > spec.capacity) | jnp.any(needed > jnp.asarray(spec.images)),
         builds=jnp.zeros((), jnp.int32),
+    )
+    return activate(spec, fresh, positions, cell, topology)
+
+
+def activate(spec: NeighborSpec, neighbors: NeighborList, positions, cell, topology: Topology) -> NeighborList:
+    """``neighbors`` with its edges within the cutoff (at ``positions``, ``cell``) gathered
+    into ``spec.active_capacity`` slots, in list order (receivers stay sorted); unchanged when
+    the spec has no active capacity."""
+    if spec.active_capacity is None:
+        return neighbors
+    graph = topology.node_graph[neighbors.receivers]
+    vectors = (positions[neighbors.senders] - positions[neighbors.receivers]
+               + jnp.einsum("ei,eij->ej", neighbors.shifts.astype(positions.dtype), cell[graph]))
+    within = neighbors.edge_mask & (jnp.sum(vectors * vectors, axis=-1) < spec.cutoff**2)
+    count = jnp.sum(within, dtype=jnp.int32)
+    (active,) = jnp.nonzero(within, size=spec.active_capacity, fill_value=0)
+    return neighbors._replace(
+        active=active.astype(jnp.int32), active_mask=jnp.arange(spec.active_capacity) < count,
+        active_count=count, overflow=neighbors.overflow | (count > spec.active_capacity),
     )
 
 
@@ -195,27 +229,37 @@ def update(spec: NeighborSpec, neighbors: NeighborList, positions, cell, topolog
         fresh = build(spec, positions, cell, topology)
         return fresh._replace(builds=neighbors.builds + 1)
 
+    def keep(_):
+        return activate(spec, neighbors, positions, cell, topology)
+
     needed = jnp.any(stale(spec, neighbors, positions, cell, topology))
-    return jax.lax.cond(needed, rebuild, lambda _: neighbors, None)
+    return jax.lax.cond(needed, rebuild, keep, None)
 
 
 def grown(spec: NeighborSpec, neighbors: NeighborList, factor: float) -> NeighborSpec:
-    """A spec large enough for what the last (overflowing) build needed, edges grown by
-    ``factor`` so that a slowly growing edge count does not recompile every time."""
-    count, images = int(neighbors.count), tuple(int(n) for n in np.asarray(neighbors.images))
-    capacity = spec.capacity if count <= spec.capacity else int(np.ceil(count * factor))
-    images = tuple(max(a, b) for a, b in zip(images, spec.images))
-    return dataclasses.replace(spec, capacity=capacity, images=images)
+    """A spec large enough for what the last (overflowing) build or activation needed, edges
+    grown by ``factor`` so that a slowly growing edge count does not recompile every time."""
+    def enough(capacity, count):
+        return capacity if count <= capacity else int(np.ceil(count * factor))
+
+    capacity = enough(spec.capacity, int(neighbors.count))
+    active = spec.active_capacity
+    if active is not None and neighbors.active_count is not None:
+        active = min(enough(active, int(neighbors.active_count)), capacity)
+    images = tuple(max(a, int(b)) for a, b in zip(spec.images, np.asarray(neighbors.images)))
+    return dataclasses.replace(spec, capacity=capacity, images=images, active_capacity=active)
 
 
-def padded(neighbors: NeighborList, capacity: int) -> NeighborList:
-    """``neighbors`` with padding edges appended up to ``capacity`` (>= its size)."""
-    extra = capacity - neighbors.senders.shape[0]
+def padded(spec: NeighborSpec, neighbors: NeighborList, positions, cell, topology: Topology) -> NeighborList:
+    """``neighbors`` with padding edges appended up to ``spec.capacity`` (>= its size) and
+    activated for ``spec``, its overflow cleared unless it still does not fit."""
+    extra = spec.capacity - neighbors.senders.shape[0]
     pad = neighbors.reference_positions.shape[0] - 1
-    return neighbors._replace(
+    grown = neighbors._replace(
         senders=jnp.concatenate([neighbors.senders, jnp.full(extra, pad, jnp.int32)]),
         receivers=jnp.concatenate([neighbors.receivers, jnp.full(extra, pad, jnp.int32)]),
         shifts=jnp.concatenate([neighbors.shifts, jnp.zeros((extra, 3), jnp.int32)]),
         edge_mask=jnp.concatenate([neighbors.edge_mask, jnp.zeros(extra, bool)]),
         overflow=jnp.zeros((), bool),
     )
+    return activate(spec, grown, positions, cell, topology)

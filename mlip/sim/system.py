@@ -146,17 +146,25 @@ _build = jax.jit(nl.build, static_argnums=0)
 
 
 def graph_batch(system: System) -> GraphBatch:
-    """The GraphBatch that mlip.potential.compute reads (edges from the device list)."""
+    """The GraphBatch that mlip.potential.compute reads: the device list's edges, only those
+    within the cutoff when the list has active edges (see mlip.sim.neighbors.activate)."""
     edges = system.neighbors
+    senders, receivers, shifts, edge_mask = edges.senders, edges.receivers, edges.shifts, edges.edge_mask
+    if edges.active is not None:
+        pad = system.positions.shape[0] - 1
+        edge_mask = edges.active_mask
+        senders = jnp.where(edge_mask, senders[edges.active], pad)
+        receivers = jnp.where(edge_mask, receivers[edges.active], pad)
+        shifts = jnp.where(edge_mask[:, None], shifts[edges.active], 0)
     return GraphBatch(
         positions=system.positions,
         numbers=system.numbers,
         node_graph=system.node_graph,
         node_mask=system.node_mask,
-        senders=edges.senders,
-        receivers=edges.receivers,
-        shifts=edges.shifts,
-        edge_mask=edges.edge_mask,
+        senders=senders,
+        receivers=receivers,
+        shifts=shifts,
+        edge_mask=edge_mask,
         cell=system.cell,
         pbc=system.pbc,
         graph_mask=system.graph_mask,
