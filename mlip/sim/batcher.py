@@ -35,7 +35,7 @@ from mlip.data.neighbors import neighbor_list
 from mlip.errors import MlipError
 from mlip.potential import Potential, PotentialOutput
 from mlip.sim import neighbors as nl
-from mlip.sim.system import GRAPH, System, evaluate, make_system, record, stack, unstack
+from mlip.sim.system import ATOM, GRAPH, System, evaluate, make_system, record, stack, unstack
 
 #: Statuses of a finished structure.
 CONVERGED, UNCONVERGED, COMPLETED = "converged", "not converged", "completed"
@@ -244,7 +244,7 @@ class _Runner:
             if observe is not None and (rec["steps"] % self.engine.interval == 0 or done[g]):
                 self.logs.setdefault(slot.index, []).append(observe(rec))
             if not finite[g]:
-                self._fail(slot.index, rec, NON_FINITE, "energy, forces, positions or velocities became non-finite "
+                self._fail(slot.index, rec, NON_FINITE, "energies, forces, positions or velocities became non-finite "
                            "(atoms flying apart or collapsing under the potential)")
                 finished += 1
             elif done[g]:
@@ -289,14 +289,21 @@ class _Runner:
 
 
 def _finite(state):
-    """bool [G]: energy, forces, positions, cell and (MD) kinetic energy of each structure are
-    finite."""
+    """bool [G]: every floating field of each structure (positions, cell and all of the
+    engine state's `KINDS`: energies, forces, velocities, ...) is finite."""
     system = state.system
-    atom_ok = jnp.all(jnp.isfinite(system.positions) & jnp.isfinite(state.forces), axis=1) | ~system.node_mask
-    graph_ok = jax.ops.segment_min(atom_ok.astype(jnp.int32), system.node_graph, system.cell.shape[0]) > 0
-    graph_ok = graph_ok & jnp.isfinite(state.energy) & jnp.all(jnp.isfinite(system.cell), axis=(1, 2))
-    kinetic = getattr(state, "kinetic_energy", None)
-    return graph_ok if kinetic is None else graph_ok & jnp.isfinite(kinetic)
+    fields = {**{k: (kind, getattr(system, k)) for k, kind in System.KINDS.items()},
+              **{k: (kind, getattr(state, k)) for k, kind in type(state).KINDS.items()}}
+    ok = jnp.ones(system.cell.shape[0], bool)
+    for kind, array in fields.values():
+        if not jnp.issubdtype(array.dtype, jnp.floating):
+            continue
+        rows = jnp.all(jnp.isfinite(array).reshape(array.shape[0], -1), axis=1)
+        if kind == ATOM:  # padding atoms do not count; a structure fails with any of its atoms
+            rows = rows | ~system.node_mask
+            rows = jax.ops.segment_min(rows.astype(jnp.int32), system.node_graph, len(ok)) > 0
+        ok = ok & rows
+    return ok
 
 
 def _finished(engine, state):

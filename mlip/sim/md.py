@@ -128,7 +128,7 @@ def md(
         init_temperature: K, draw Maxwell-Boltzmann velocities (seed + structure index, zero
             total momentum); None keeps each structure's own velocities.
         interval: steps between log entries (Result.log: energies, temperature, volume).
-        budget: batch sizes (default mlip.sim.batcher.Budget with chunk = interval).
+        budget: batch sizes (default mlip.sim.batcher.Budget); its chunk is set to ``interval``.
 
     Returns:
         one Result per structure: final atoms with velocities and a SinglePointCalculator,
@@ -145,5 +145,5 @@ def md(
         float(friction), float(tau), float(tau_p), EV_PER_A3_TO_GPA / float(bulk_modulus), int(seed),
         None if init_temperature is None else float(init_temperature), int(interval),
     )
-    budget = budget or Budget(chunk=interval)
-    return run(potential, structures, engine, skin=skin, budget=dataclasses.replace(budget, chunk=interval), progress=progress)
+    budget = dataclasses.replace(budget or Budget(), chunk=interval)
+    return run(potential, structures, engine, skin=skin, budget=budget, progress=progress)
