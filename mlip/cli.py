@@ -20,9 +20,10 @@ def bundled_structure() -> Path:
 
 
 def bundled_model() -> Path:
-    """The potential shipped with mlip: the small preset trained on the mlearn Si data
-    (benchmarks/RESULTS.md: test errors 2.8 meV/atom, 53 meV/Å), used when --model is not given."""
-    return Path(str(resources.files("mlip") / "assets" / "mlearn-Si.mlip"))
+    """The default bundled potential (`mlip models` lists them), used when --model is not given."""
+    from mlip.registry import default_model
+
+    return default_model().path
 
 
 def _add_read_options(parser: argparse.ArgumentParser) -> None:
@@ -82,6 +83,34 @@ def _cmd_convert(args) -> None:
         **_read_options(args),
     )
     print(report.summary())
+
+
+def _cmd_models(args) -> None:
+    import dataclasses
+    import json
+
+    from mlip.potential import Potential
+    from mlip.registry import bundled_models
+
+    rows = []
+    for card in bundled_models():
+        potential = Potential.load(card.path)
+        row = {k: v for k, v in dataclasses.asdict(card).items() if k != "path"}
+        row.update(file=str(card.path), elements=list(potential.config.species_symbols),
+                   num_params=potential.num_params)
+        rows.append(row)
+    if args.json:
+        print(json.dumps(rows, indent=1))
+        return
+    for row in rows:
+        errors = {k: v for k, v in row["test_errors"].items() if k != "data"}
+        elements = row["elements"]
+        shown = " ".join(elements) if len(elements) <= 8 else f"{len(elements)} elements"
+        print(f"{row['name']}{' (default)' if row['default'] else ''}: {row['description']}\n"
+              f"  elements {shown}; {row['num_params']:,} parameters\n"
+              f"  trained on {row['training_data']}" + (f"; teacher {row['teacher']}" if row["teacher"] else "")
+              + f"\n  test errors on {row['test_errors'].get('data')}: "
+              + ", ".join(f"{k} {v}" for k, v in errors.items()))
 
 
 def _cmd_create(args) -> None:
@@ -386,6 +415,17 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     _add_read_options(convert)
     convert.set_defaults(run=_cmd_convert)
+    from mlip.distill.commands import add_parsers as add_distill_parsers
+
+    add_distill_parsers(commands)
+    models = commands.add_parser(
+        "models",
+        help="list the bundled models (name, default, elements, training data, test errors)",
+        description="List the potentials shipped with mlip. Any command's --model (and "
+        "Potential.load) takes a bundled model's name as well as a file.",
+    )
+    models.add_argument("--json", action="store_true", help="print the model cards as JSON")
+    models.set_defaults(run=_cmd_models)
     create = commands.add_parser(
         "create",
         help="create a randomly initialised potential file from a preset",

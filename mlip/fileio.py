@@ -39,8 +39,16 @@ def atomic_write_bytes(path, data: bytes) -> None:
         raise
 
 
-def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
-    """An uncompressed .npz archive of ``arrays``, in memory."""
+def npz_bytes(arrays: dict[str, np.ndarray], *, compress: bool = False) -> bytes:
+    """An .npz archive of ``arrays``, in memory (deflated when ``compress``)."""
     buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
+    (np.savez_compressed if compress else np.savez)(buffer, **arrays)
     return buffer.getvalue()
+
+
+def atomic_write_text(path, write) -> None:
+    """Write a text file atomically: ``write(file)`` fills a text buffer, which then replaces
+    ``path`` in one step (see `atomic_write_bytes`)."""
+    buffer = io.StringIO()
+    write(buffer)
+    atomic_write_bytes(path, buffer.getvalue().encode())

@@ -203,8 +203,11 @@ class Potential:
         save_potential(self, path)
 
     @classmethod
-    def load(cls, path) -> "Potential":
-        return load_potential(path)
+    def load(cls, name_or_path) -> "Potential":
+        """A potential file, or a bundled model by name (`mlip.registry`, `mlip models`)."""
+        from mlip.registry import resolve_model
+
+        return load_potential(resolve_model(name_or_path))
 
 
 def _check_dtype(dtype: str) -> None:

@@ -29,9 +29,17 @@ Format ``mlip-shards``, version 1: a directory holding
     - ``extra/<name>`` [a, ...]: a per-atom extra array (e.g. ``extra/magmoms``) that every
       frame of the shard has; one that only some frames of a shard have is dropped from that
       shard, with one logged warning per name.
+    - ``info/<key>`` [f]: a `Frame.info` entry that every frame of the shard has as a scalar
+      of one kind (str, int, float or bool), e.g. the provenance of distilled frames; other
+      info entries are not stored.
 
-`Frame.info` is not stored. A frame read back has ``source`` = its shard file and ``index`` =
-its position in the dataset.
+A frame read back has ``source`` = its shard file and ``index`` = its position in the
+dataset. Compact shards (``compact=True``, used for distilled data kept in a repository) hold
+positions, forces, cells and stresses as float32 and are deflated; energies stay float64 and
+frames read back are float64 either way. ``index.json`` may carry a ``meta`` object (free-form
+JSON: e.g. the teacher and recipe of a labelling run), and a directory can be appended to
+(`_ShardWriter.reopen`): each appended shard is followed by a rewritten index, so the
+directory is a complete dataset after every shard.
 
 Crash safety: every file is written to a temporary file in the output directory and moved into
 place with `os.replace`; the index is written last, so a directory whose conversion died never
@@ -74,6 +82,7 @@ N_ATOMS_FILE = "n_atoms.npy"
 _SHARD_NAME = "shard-{:05d}.npz"
 _SHARD_GLOB = "shard-*.npz"
 _EXTRA_PREFIX = "extra/"
+_INFO_PREFIX = "info/"
 #: Shards a dataset keeps in memory by default: the loader's default ``shuffle_shards`` window,
 #: so shard-local shuffling never reloads a shard within a window.
 DEFAULT_CACHE_SHARDS = 4
@@ -214,10 +223,13 @@ def _prepare_out_dir(out_dir: Path, overwrite: bool) -> Path:
 
 
 class _ShardWriter:
-    """Buffers one shard of frames at a time and writes shards, sidecar and index atomically."""
+    """Buffers one shard of frames at a time and writes shards, sidecar and index atomically.
 
-    def __init__(self, out_dir: Path, frames_per_shard: int):
-        self.out_dir, self.frames_per_shard = out_dir, frames_per_shard
+    ``compact``: float32 geometry and labels, deflated (see the module docstring).
+    """
+
+    def __init__(self, out_dir: Path, frames_per_shard: int, *, compact: bool = False):
+        self.out_dir, self.frames_per_shard, self.compact = out_dir, frames_per_shard, compact
         self.buffer: list[Frame] = []
         self.entries: list[dict] = []
         self.n_atoms_per_shard: list[np.ndarray] = []
@@ -225,6 +237,17 @@ class _ShardWriter:
         self.labels = {"energy": 0, "forces": 0, "stress": 0}
         self.warned_extras: set[str] = set()
         self.written: list[Path] = []
+
+    @classmethod
+    def reopen(cls, out_dir: Path, frames_per_shard: int, *, compact: bool = False) -> "_ShardWriter":
+        """A writer that appends to the dataset in ``out_dir`` (its shards are kept)."""
+        dataset = ShardedDataset(out_dir)
+        writer = cls(out_dir, frames_per_shard, compact=compact)
+        writer.entries = list(dataset._entries)
+        writer.n_atoms_per_shard = [dataset.n_atoms[a:b] for a, b in dataset.shard_ranges]
+        writer.elements = set(dataset.elements)
+        writer.labels = dict(dataset.labels)
+        return writer
 
     @property
     def n_frames(self) -> int:
@@ -243,10 +266,13 @@ class _ShardWriter:
         return True
 
     def flush(self) -> None:
-        arrays = _pack_frames(self.buffer)
+        if not self.buffer:
+            return
+        arrays = _pack_frames(self.buffer, np.float32 if self.compact else np.float64)
         extras = _pack_extras(self.buffer, len(self.entries), self.warned_extras)
         arrays.update({_EXTRA_PREFIX + name: values for name, values in extras.items()})
-        data = npz_bytes(arrays)
+        arrays.update({_INFO_PREFIX + key: values for key, values in _pack_info(self.buffer).items()})
+        data = npz_bytes(arrays, compress=self.compact)
         path = self.out_dir / _SHARD_NAME.format(len(self.entries))
         self.written.append(path)
         atomic_write_bytes(path, data)
@@ -264,14 +290,17 @@ class _ShardWriter:
             self.labels[label] += int(arrays[f"has_{label}"].sum())
         self.buffer = []
 
-    def finish(self, sources: list[str]) -> None:
-        """Write the last partial shard, then the n_atoms sidecar, then (last) the index."""
-        if self.buffer:
-            self.flush()
+    def finish(self, sources: list[str], meta: dict | None = None) -> None:
+        """Write the last partial shard, then the index (see `write_index`)."""
+        self.flush()
         if not self.entries:
             where = ", ".join(sources) or None
             raise DataError("no frames to convert (all skipped, or empty input)", where)
-        n_atoms = np.concatenate(self.n_atoms_per_shard)
+        self.write_index(sources, meta)
+
+    def write_index(self, sources: list[str], meta: dict | None = None) -> None:
+        """Write the n_atoms sidecar, then (last) the index of every shard written so far."""
+        n_atoms = np.concatenate(self.n_atoms_per_shard or [np.zeros(0, np.int32)])
         self.written.append(self.out_dir / N_ATOMS_FILE)
         atomic_write_bytes(self.out_dir / N_ATOMS_FILE, _save_bytes(n_atoms))
         index = {
@@ -285,6 +314,8 @@ class _ShardWriter:
             "sources": sources,
             "shards": self.entries,
         }
+        if meta is not None:
+            index["meta"] = meta
         atomic_write_bytes(self.out_dir / INDEX_FILE, json.dumps(index, indent=1).encode())
 
     def discard(self) -> None:
@@ -293,25 +324,47 @@ class _ShardWriter:
             path.unlink(missing_ok=True)
 
 
-def _pack_frames(frames: list[Frame]) -> dict[str, np.ndarray]:
-    """Concatenate frames into the shard arrays (see the module docstring), labels zero-filled."""
+def _pack_frames(frames: list[Frame], dtype=np.float64) -> dict[str, np.ndarray]:
+    """Concatenate frames into the shard arrays (see the module docstring), labels zero-filled.
+    ``dtype``: of positions, forces, cells and stresses (energies are always float64)."""
     return {
         "numbers": np.concatenate([f.numbers for f in frames]).astype(np.int32),
-        "positions": np.concatenate([f.positions for f in frames]).astype(np.float64),
+        "positions": np.concatenate([f.positions for f in frames]).astype(dtype),
         "forces": np.concatenate(
             [np.zeros((f.n_atoms, 3)) if f.forces is None else f.forces for f in frames]
-        ).astype(np.float64),
+        ).astype(dtype),
         "n_atoms": np.array([f.n_atoms for f in frames], np.int32),
-        "cell": np.stack([f.cell for f in frames]).astype(np.float64),
+        "cell": np.stack([f.cell for f in frames]).astype(dtype),
         "pbc": np.stack([f.pbc for f in frames]).astype(bool),
         "energy": np.array([0.0 if f.energy is None else f.energy for f in frames], np.float64),
         "stress": np.stack(
             [np.zeros((3, 3)) if f.stress is None else f.stress for f in frames]
-        ).astype(np.float64),
+        ).astype(dtype),
         "has_energy": np.array([f.energy is not None for f in frames]),
         "has_forces": np.array([f.forces is not None for f in frames]),
         "has_stress": np.array([f.stress is not None for f in frames]),
     }
+
+
+_INFO_KINDS = (str, bool, int, float)
+
+
+def _info_kind(value):
+    """The scalar kind of an info value (bool before int: True is an int), or None."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    return next((kind for kind in _INFO_KINDS if isinstance(value, kind)), None)
+
+
+def _pack_info(frames: list[Frame]) -> dict[str, np.ndarray]:
+    """[f] arrays of the info entries every frame has as a scalar of one kind."""
+    packed = {}
+    for key in sorted(set.intersection(*(set(frame.info) for frame in frames))):
+        values = [frame.info[key] for frame in frames]
+        kinds = {_info_kind(value) for value in values}
+        if len(kinds) == 1 and None not in kinds and "/" not in key:
+            packed[key] = np.array([np.asarray(v).item() for v in values])
+    return packed
 
 
 def _pack_extras(frames: list[Frame], shard: int, warned: set[str]) -> dict[str, np.ndarray]:
@@ -362,6 +415,7 @@ class ShardedDataset:
         elements: sorted atomic numbers present in the dataset.
         labels: number of frames carrying each label ("energy", "forces", "stress").
         sources: the input paths the dataset was converted from.
+        meta: the index's free-form ``meta`` object ({} when absent).
 
     Raises DataError naming the file for a missing, unreadable or malformed index, an index of
     another format or version, a missing or wrong-size shard (when opening) and a shard whose
@@ -377,6 +431,7 @@ class ShardedDataset:
         self.elements = tuple(index["elements"])
         self.labels = dict(index["labels"])
         self.sources = list(index["sources"])
+        self.meta = dict(index.get("meta", {}))
         self._starts = np.cumsum([0] + [entry["n_frames"] for entry in self._entries])
         self.shard_ranges = [(int(a), int(b)) for a, b in zip(self._starts[:-1], self._starts[1:])]
         self.n_atoms = _read_n_atoms(self.path / N_ATOMS_FILE, index, self.shard_ranges)
@@ -522,6 +577,7 @@ class _Shard:
     arrays: dict[str, np.ndarray]
     offsets: np.ndarray  # int64 [f + 1], first atom of each frame within the shard
     extras: list[str]
+    info_keys: list[str]
 
     @classmethod
     def load(cls, path: Path, entry: dict) -> _Shard:
@@ -545,7 +601,10 @@ class _Shard:
         if len(n_atoms) != entry["n_frames"] or int(n_atoms.sum()) != entry["n_atoms"]:
             raise DataError(f"shard arrays do not match {INDEX_FILE}", path)
         offsets = np.concatenate([[0], np.cumsum(n_atoms, dtype=np.int64)])
-        return cls(path, arrays, offsets, list(entry["atom_extras"]))
+        info_keys = [name[len(_INFO_PREFIX):] for name in arrays if name.startswith(_INFO_PREFIX)]
+        if any(len(arrays[_INFO_PREFIX + key]) != len(n_atoms) for key in info_keys):
+            raise DataError("shard's per-frame info arrays do not match its frame count", path)
+        return cls(path, arrays, offsets, list(entry["atom_extras"]), info_keys)
 
     def frame(self, j: int, index: int) -> Frame:
         """Frame ``j`` of this shard as a Frame of copies (so it never pins the shard)."""
@@ -560,6 +619,7 @@ class _Shard:
             forces=arrays["forces"][a:b] if arrays["has_forces"][j] else None,
             stress=arrays["stress"][j] if arrays["has_stress"][j] else None,
             atom_extras={name: arrays[_EXTRA_PREFIX + name][a:b].copy() for name in self.extras},
+            info={key: arrays[_INFO_PREFIX + key][j].item() for key in self.info_keys},
             source=str(self.path),
             index=index,
         )

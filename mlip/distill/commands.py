@@ -1,0 +1,99 @@
+"""`mlip generate` and `mlip label`: the command-line faces of mlip.distill."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from mlip.errors import MlipError
+
+log = logging.getLogger("mlip")
+
+
+def _cmd_generate(args) -> None:
+    import ase.io
+
+    from mlip.distill.generate import SeedPlan, element_coverage, generate_seeds
+
+    plan = SeedPlan(elemental_per_element=args.elemental, compounds=args.compounds,
+                    random=args.random, real=args.real, min_per_element=args.min_per_element,
+                    max_atoms=args.max_atoms, seed=args.seed)
+    seeds = generate_seeds(plan, args.real_files)
+    from mlip.fileio import atomic_write_text
+
+    atomic_write_text(args.output, lambda f: ase.io.write(f, seeds, format="extxyz"))
+    coverage = element_coverage(seeds)
+    kinds = {}
+    for atoms in seeds:
+        kind = atoms.info["origin"].split(":")[0]
+        kinds[kind] = kinds.get(kind, 0) + 1
+    print(f"{args.output}: {len(seeds)} seeds ({', '.join(f'{k} {v}' for k, v in kinds.items())}), "
+          f"{sum(len(a) for a in seeds)} atoms; every MPtrj element in >= {min(coverage.values())} "
+          f"seeds (fewest: {', '.join(f'{s} {n}' for s, n in sorted(coverage.items(), key=lambda x: x[1])[:5])})")
+
+
+def _cmd_label(args) -> None:
+    import ase.io
+
+    from mlip.distill.label import Filters, Recipe, label
+
+    if not args.seeds.is_file():
+        raise MlipError(f"seeds {args.seeds}: no such file (make one with mlip generate)")
+    seeds = ase.io.read(args.seeds, index=args.index)
+    seeds = seeds if isinstance(seeds, list) else [seeds]
+    recipe = Recipe(relax_steps=args.relax_steps, perturbations=args.perturbations,
+                    md_steps=args.md_steps, seed=args.seed)
+    filters = Filters(max_force=args.max_force, max_stress=args.max_stress)
+    report = label(seeds, args.output, teacher=args.teacher, recipe=recipe, filters=filters,
+                   workers=args.workers, seeds_per_shard=args.seeds_per_shard,
+                   resume=args.resume, progress=not args.quiet)
+    print(report.summary())
+
+
+def add_parsers(commands) -> None:
+    """Add ``generate`` and ``label`` to the ``mlip`` subcommand parsers."""
+    generate = commands.add_parser(
+        "generate",
+        help="seed structures for distillation (prototypes, random crystals, real frames)",
+        description="Write seed crystals for teacher labelling: elemental and charge-balanced "
+        "prototypes (rocksalt, CsCl, zincblende, wurtzite, fluorite, rutile, perovskite, "
+        "spinel...), random symmetric crystals from pyxtal with 1-4 species drawn at the "
+        "element frequencies of REAL_FILES, and real frames drawn from REAL_FILES; topped up "
+        "until every one of MPtrj's 89 elements is in --min-per-element seeds.",
+    )
+    generate.add_argument("real_files", nargs="*", type=Path,
+                          help="real frames (MPtrj-like extxyz): element frequencies and real seeds")
+    generate.add_argument("-o", "--output", type=Path, required=True, help="seeds file (extxyz)")
+    generate.add_argument("--elemental", type=int, default=2, help="elemental prototypes per element")
+    generate.add_argument("--compounds", type=int, default=600, help="binary/ternary prototype seeds")
+    generate.add_argument("--random", type=int, default=600, help="pyxtal random crystals")
+    generate.add_argument("--real", type=int, default=400, help="real frames used as seeds")
+    generate.add_argument("--min-per-element", type=int, default=12)
+    generate.add_argument("--max-atoms", type=int, default=16, help="largest seed")
+    generate.add_argument("--seed", type=int, default=0)
+    generate.set_defaults(run=_cmd_generate)
+
+    lab = commands.add_parser(
+        "label",
+        help="label seeds with a teacher (relaxation, perturbations, MD); resumable",
+        description="Relax, perturb and heat every seed with a teacher calculator and keep "
+        "its labelled frames (energy, forces, stress; provenance per frame), dropping "
+        "garbage labels by filter. Appends to a compact mlip-shards directory, usable as "
+        "training data as it stands. Interrupt any time; --resume skips the seeds done.",
+    )
+    lab.add_argument("seeds", type=Path, help="seeds file from mlip generate")
+    lab.add_argument("-o", "--output", type=Path, required=True, help="labels directory")
+    lab.add_argument("--teacher", default="sevenn-0", help="sevenn-0 (default), emt, lj or MODULE:FUNCTION")
+    lab.add_argument("--workers", type=int, default=1, help="labelling processes (one per core)")
+    lab.add_argument("--resume", action="store_true", help="continue the run in OUTPUT")
+    lab.add_argument("--index", default=":", help="seeds to label, ase slice syntax")
+    lab.add_argument("--relax-steps", type=int, default=30)
+    lab.add_argument("--perturbations", type=int, default=8)
+    lab.add_argument("--md-steps", type=int, default=24)
+    lab.add_argument("--max-force", type=float, default=30.0, help="drop frames with a larger force, eV/Å")
+    lab.add_argument("--max-stress", type=float, default=200.0, help="drop frames with a larger stress, GPa")
+    lab.add_argument("--seeds-per-shard", type=int, default=50)
+    lab.add_argument("--seed", type=int, default=0, help="random seed of perturbations and MD")
+    lab.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    lab.set_defaults(run=_cmd_label)

@@ -1,0 +1,211 @@
+"""Seed structures for distillation: prototypes, random symmetric crystals and real frames.
+
+A seed is an ``ase.Atoms`` with two info keys: ``seed_id`` (unique, stable: labelling resumes
+by it) and ``origin`` (how it was made, e.g. ``prototype:rocksalt``, ``pyxtal:sg=166``,
+``real:mpf-TP.xyz#12``). The teacher then relaxes, perturbs and heats each seed
+(`mlip.distill.label`); here only the starting points are made, cheaply and reproducibly.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import logging
+import warnings
+from pathlib import Path
+from typing import Sequence
+
+import ase
+import numpy as np
+
+from mlip.distill import prototypes as protos
+from mlip.distill.chemistry import MPTRJ_ELEMENTS, MPTRJ_NUMBERS, element_weights
+from mlip.errors import MlipError
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class SeedPlan:
+    """How many seeds of each kind `generate_seeds` makes.
+
+    Attributes:
+        elemental_per_element: elemental prototypes (fcc, bcc, hcp, diamond, sc) per element.
+        compounds: charge-balanced binary/ternary prototypes (rocksalt ... spinel), species
+            drawn with probability proportional to the product of their element weights.
+        random: random symmetric crystals (pyxtal) with 1-4 species at the element weights.
+        real: real frames drawn from ``real_files`` (at most ``max_atoms`` atoms each).
+        min_per_element: top up with random crystals until every MPtrj element is in at
+            least this many seeds.
+        max_atoms: largest seed (teacher cost grows with it).
+        seed: random seed; the same plan and inputs give the same seeds.
+    """
+
+    elemental_per_element: int = 2
+    compounds: int = 600
+    random: int = 600
+    real: int = 400
+    min_per_element: int = 12
+    max_atoms: int = 16
+    seed: int = 0
+
+
+def generate_seeds(plan: SeedPlan, real_files: Sequence[Path] = ()) -> list[ase.Atoms]:
+    """Seeds per ``plan``. Element weights come from the frames of ``real_files`` (MPtrj-like
+    data; uniform if none), so common elements get more environments, and every element at
+    least ``plan.min_per_element`` seeds."""
+    rng = np.random.default_rng(plan.seed)
+    real = [atoms for path in real_files for atoms in _read_real(Path(path))]
+    weights = element_weights([atoms.numbers for atoms in real])
+    seeds = _elemental_seeds(plan, rng)
+    seeds += _compound_seeds(plan, weights, rng)
+    seeds += _random_seeds(plan.random, plan.max_atoms, weights, rng)
+    seeds += _real_seeds(real, plan, rng)
+    seeds += _top_up(seeds, plan, weights, rng)
+    for k, atoms in enumerate(seeds):
+        atoms.info["seed_id"] = f"s{plan.seed}-{k:05d}"
+    return seeds
+
+
+def element_coverage(seeds: Sequence[ase.Atoms]) -> dict[str, int]:
+    """Number of seeds each MPtrj element appears in (0 for missing ones)."""
+    counts = collections.Counter(z for atoms in seeds for z in set(atoms.numbers.tolist()))
+    return {symbol: counts.get(z, 0) for symbol, z in zip(MPTRJ_ELEMENTS, MPTRJ_NUMBERS)}
+
+
+#: Made-up cells are first spread so no pair is closer than this fraction of its covalent
+#: bond length and no cell is denser than MIN_VOLUME Å^3/atom: covalent radii underestimate
+#: ionic bonds (H-F at 0.88 Å would give a 0.7 Å^3/atom rocksalt), and a teacher's cost grows
+#: with the neighbours within its cutoff (hundreds per atom in such a cell).
+MIN_BOND_FRACTION = 0.9
+MIN_VOLUME = 7.0
+
+
+def spread(atoms: ase.Atoms) -> ase.Atoms:
+    """``atoms`` with the cell scaled up (never down) to meet MIN_BOND_FRACTION and MIN_VOLUME."""
+    from ase.data import covalent_radii
+    from ase.neighborlist import neighbor_list
+
+    radii = covalent_radii[atoms.numbers]
+    i, j, d = neighbor_list("ijd", atoms, 2 * radii.max())
+    ratio = np.min(d / (radii[i] + radii[j])) if len(d) else 1.0
+    scale = max(1.0, MIN_BOND_FRACTION / ratio,
+                (MIN_VOLUME * len(atoms) / atoms.get_volume()) ** (1 / 3))
+    atoms = atoms.copy()
+    atoms.set_cell(atoms.cell.array * scale, scale_atoms=True)
+    return atoms
+
+
+def _tag(atoms: ase.Atoms, origin: str) -> ase.Atoms:
+    atoms = atoms.copy()
+    atoms.info.clear()
+    atoms.calc = None
+    atoms.info["origin"] = origin
+    return atoms
+
+
+def _elemental_seeds(plan: SeedPlan, rng) -> list[ase.Atoms]:
+    seeds = []
+    for symbol in MPTRJ_ELEMENTS:
+        chosen = rng.choice(len(protos.ELEMENTAL), size=min(plan.elemental_per_element, len(protos.ELEMENTAL)), replace=False)
+        for k in sorted(chosen):
+            prototype = protos.ELEMENTAL[k]
+            seeds.append(_tag(spread(protos.elemental(symbol, prototype)), f"prototype:{prototype.name}"))
+    return seeds
+
+
+def _weighted_pick(options: list[tuple[str, ...]], weights: np.ndarray, rng) -> tuple[str, ...]:
+    """One option, with probability proportional to the product of its elements' weights."""
+    index = {symbol: k for k, symbol in enumerate(MPTRJ_ELEMENTS)}
+    p = np.array([np.prod([weights[index[s]] for s in option]) for option in options])
+    return options[int(rng.choice(len(options), p=p / p.sum()))]
+
+
+def _compound_seeds(plan: SeedPlan, weights, rng) -> list[ase.Atoms]:
+    kinds = [(p.name, protos.binary_choices(p), lambda s, p=p: protos.build_binary(p, *s))
+             for p in protos.BINARY]
+    kinds += [(name, protos.ternary_choices(a, b, x), lambda s, f=f: protos.build_ternary(f, s))
+              for name, a, b, x, f in protos.TERNARY]
+    seeds = []
+    for _ in range(plan.compounds):
+        name, options, build = kinds[int(rng.integers(len(kinds)))]
+        species = _weighted_pick(options, weights, rng)
+        seeds.append(_tag(spread(build(species)), f"prototype:{name}"))
+    return seeds
+
+
+def _random_crystal(species: list[str], max_atoms: int, rng, tries: int = 40) -> ase.Atoms | None:
+    """A random symmetric crystal (pyxtal) of these species with at most ``max_atoms`` atoms
+    in the conventional cell, or None if no space group and composition fitted."""
+    try:
+        from pyxtal import pyxtal
+    except ImportError:
+        raise MlipError("random crystals need pyxtal: pip install 'mlip-facet[distill]'") from None
+    for _ in range(tries):
+        counts = rng.integers(1, 5, size=len(species))
+        counts = counts * max(1, int(rng.integers(1, 3)))
+        if counts.sum() > max_atoms:
+            continue
+        crystal = pyxtal()
+        group = int(rng.integers(2, 231))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                crystal.from_random(3, group, list(species), counts.tolist(),
+                                    random_state=int(rng.integers(1 << 31)))
+            except Exception:  # pyxtal raises many kinds for incompatible Wyckoff sets
+                continue
+        if crystal.valid:
+            atoms = crystal.to_ase()
+            if 0 < len(atoms) <= max_atoms:
+                return _tag(spread(atoms), f"pyxtal:sg={group}")
+    return None
+
+
+def _draw_species(weights, rng, n_species: int, must: str | None = None) -> list[str]:
+    chosen = [] if must is None else [must]
+    p = weights.copy()
+    if must is not None:
+        p[MPTRJ_ELEMENTS.index(must)] = 0.0
+    while len(chosen) < n_species:
+        k = int(rng.choice(len(p), p=p / p.sum()))
+        chosen.append(MPTRJ_ELEMENTS[k])
+        p[k] = 0.0
+    return chosen
+
+
+def _random_seeds(n: int, max_atoms: int, weights, rng, must: str | None = None) -> list[ase.Atoms]:
+    seeds = []
+    while len(seeds) < n:
+        n_species = int(rng.choice([1, 2, 3, 4], p=[0.15, 0.4, 0.3, 0.15]))
+        atoms = _random_crystal(_draw_species(weights, rng, n_species, must), max_atoms, rng)
+        if atoms is not None:
+            seeds.append(atoms)
+    return seeds
+
+
+def _read_real(path: Path) -> list[ase.Atoms]:
+    from mlip.data.readers import read_frames
+
+    if not path.exists():
+        raise MlipError(f"real frames {path}: no such file")
+    return [_tag(frame.to_atoms(), f"real:{path.name}#{frame.index}")
+            for frame in read_frames(path, require_labels=False)]
+
+
+def _real_seeds(real: list[ase.Atoms], plan: SeedPlan, rng) -> list[ase.Atoms]:
+    small = [atoms for atoms in real if len(atoms) <= plan.max_atoms and atoms.pbc.all()]
+    if not small:
+        return []
+    chosen = rng.choice(len(small), size=min(plan.real, len(small)), replace=False)
+    return [small[k] for k in sorted(chosen)]
+
+
+def _top_up(seeds, plan: SeedPlan, weights, rng) -> list[ase.Atoms]:
+    """Random crystals containing each element that is in fewer than min_per_element seeds."""
+    extra = []
+    for symbol, count in element_coverage(seeds).items():
+        missing = plan.min_per_element - count
+        if missing > 0:
+            extra += _random_seeds(missing, plan.max_atoms, weights, rng, must=symbol)
+    return extra

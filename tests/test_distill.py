@@ -1,0 +1,210 @@
+"""Distillation: seed generation and teacher labelling, with cheap toy teachers (no torch)."""
+
+import ase
+import numpy as np
+import pytest
+from ase.build import bulk
+
+from mlip.cli import main
+from mlip.data.frame import make_frame
+from mlip.data.shards import ShardedDataset
+from mlip.distill import label as labelling
+from mlip.distill import prototypes as protos
+from mlip.distill.chemistry import MPTRJ_ELEMENTS, OXIDATION_STATES, element_weights
+from mlip.distill.generate import MIN_VOLUME, SeedPlan, element_coverage, generate_seeds, spread
+from mlip.distill.label import Filters, Recipe, label, rejection
+from mlip.errors import MlipError
+
+TINY = Recipe(relax_steps=4, relax_keep_every=2, perturbations=2, md_steps=4, md_keep_every=2)
+
+
+def _seeds(n=4):
+    plan = SeedPlan(elemental_per_element=0, compounds=n, random=0, real=0, min_per_element=0)
+    return generate_seeds(plan)
+
+
+def test_the_89_elements_and_their_oxidation_states():
+    assert len(MPTRJ_ELEMENTS) == 89 and set(OXIDATION_STATES) == set(MPTRJ_ELEMENTS)
+    weights = element_weights([[8, 3], [8], [26, 8]])
+    assert weights.shape == (89,) and np.isclose(weights.sum(), 1)
+    o, li, he = (MPTRJ_ELEMENTS.index(s) for s in ("O", "Li", "He"))
+    assert weights[o] > weights[li] > weights[he] > 0  # counts, then the floor
+
+
+@pytest.mark.parametrize("prototype", protos.BINARY, ids=lambda p: p.name)
+def test_binary_prototypes_are_charge_balanced(prototype):
+    pairs = protos.binary_choices(prototype)
+    assert len(pairs) > 20
+    for cation, anion in pairs[:: max(1, len(pairs) // 15)]:
+        q_x = protos.ANION_STATES[anion]
+        q_a = -q_x * prototype.n_anion // prototype.n_cation
+        assert q_a in OXIDATION_STATES[cation]
+        atoms = protos.build_binary(prototype, cation, anion)
+        counts = {s: atoms.get_chemical_symbols().count(s) for s in (cation, anion)}
+        assert counts[cation] * q_a + counts[anion] * q_x == 0
+
+
+def test_ternary_prototypes_are_charge_balanced():
+    for name, n_a, n_b, n_x, builder in protos.TERNARY:
+        triples = protos.ternary_choices(n_a, n_b, n_x)
+        a, b, x = triples[len(triples) // 2]
+        atoms = protos.build_ternary(builder, (a, b, x))
+        symbols = atoms.get_chemical_symbols()
+        ratio = symbols.count(x) / symbols.count(a)
+        assert ratio == n_x / n_a, name
+
+
+def test_spread_cells_are_never_denser_than_the_floor():
+    tight = bulk("HF", "rocksalt", a=1.76)  # covalent radii: an absurd 0.7 Å^3/atom
+    assert tight.get_volume() / len(tight) < 1
+    loose = spread(tight)
+    assert loose.get_volume() / len(loose) >= MIN_VOLUME - 1e-9
+    roomy = bulk("Cu", "fcc", a=3.6)
+    np.testing.assert_allclose(spread(roomy).cell.array, roomy.cell.array)  # never shrunk
+
+
+def test_seeds_have_ids_origins_and_cover_every_element():
+    plan = SeedPlan(elemental_per_element=1, compounds=30, random=0, real=0, min_per_element=0)
+    seeds = generate_seeds(plan)
+    ids = [s.info["seed_id"] for s in seeds]
+    assert len(set(ids)) == len(ids) == 89 + 30
+    assert {s.info["origin"].split(":")[0] for s in seeds} == {"prototype"}
+    assert min(element_coverage(seeds).values()) >= 1
+    again = generate_seeds(plan)
+    assert all(np.array_equal(a.positions, b.positions) for a, b in zip(seeds, again))
+
+
+def test_random_crystals_top_up_rare_elements():
+    pytest.importorskip("pyxtal")
+    plan = SeedPlan(elemental_per_element=0, compounds=0, random=3, real=0, min_per_element=1,
+                    max_atoms=8)
+    seeds = generate_seeds(plan)
+    assert min(element_coverage(seeds).values()) >= 1
+    assert all(len(s) <= 8 and s.info["origin"].startswith("pyxtal:sg=") for s in seeds)
+
+
+def _frame(**labels):
+    atoms = bulk("Cu", "fcc", a=3.6)
+    values = dict(energy=-3.5, forces=np.zeros((1, 3)), stress=np.zeros(6))
+    values.update(labels)
+    return make_frame(atoms.numbers, atoms.positions, atoms.cell.array, True, **values)
+
+
+@pytest.mark.parametrize("labels, reason", [
+    ({}, None),
+    ({"energy": np.nan}, "non-finite label"),
+    ({"forces": np.array([[40.0, 0, 0]])}, "force above 30 eV/Å"),
+    ({"stress": np.array([2.0, 0, 0, 0, 0, 0])}, "stress above 200 GPa"),  # 320 GPa
+    ({"energy": 10.0}, "energy outside [-20, 5] eV/atom"),
+])
+def test_filters_name_their_reason(labels, reason):
+    assert rejection(_frame(**labels), Filters()) == reason
+
+
+def test_close_atoms_are_filtered():
+    frame = make_frame([29, 29], [[0, 0, 0], [0.5, 0, 0]], np.eye(3) * 10, True, energy=-7.0,
+                       forces=np.zeros((2, 3)), stress=np.zeros(6))
+    assert rejection(frame, Filters()).startswith("atoms closer than")
+
+
+def test_labelling_keeps_provenance_and_drops_by_reason(tmp_path):
+    seeds = _seeds(3)
+    report = label(seeds, tmp_path / "labels", teacher="lj", recipe=TINY, progress=False)
+    data = ShardedDataset(tmp_path / "labels")
+    assert report.seeds_done == 3 and len(data) == report.frames > 0
+    methods = {data[i].info["method"].split(":")[0] for i in range(len(data))}
+    assert methods <= {"relax", "perturb", "md"} and "relax" in methods
+    frame = data[0]
+    assert frame.info["teacher"].startswith("ASE Lennard-Jones") and frame.info["seed_id"] in {
+        s.info["seed_id"] for s in seeds}
+    assert frame.forces is not None and frame.stress is not None
+    assert data.meta["energy"] == "mptrj-uncorrected"
+    assert data.meta["teacher"]["spec"] == "lj"
+    # Labels equal the teacher's own numbers (float32 storage: ~1e-6 relative).
+    from ase.calculators.lj import LennardJones
+    atoms = frame.to_atoms()
+    atoms.calc = labelling.get_teacher("lj").build()
+    np.testing.assert_allclose(atoms.get_forces(), frame.forces, atol=1e-4)
+    # A filter nothing passes: every frame dropped, counted under its reason.
+    strict = label(seeds, tmp_path / "strict", teacher="lj", recipe=TINY,
+                   filters=Filters(max_force=-1.0), progress=False)
+    assert strict.frames == 0 and sum(strict.dropped.values()) == report.frames
+    assert set(strict.dropped) == {"force above -1 eV/Å"}
+
+
+def test_labelling_resumes_and_refuses_to_mix(tmp_path):
+    seeds = _seeds(4)
+    out = tmp_path / "labels"
+    first = label(seeds[:2], out, teacher="lj", recipe=TINY, seeds_per_shard=1, progress=False)
+    with pytest.raises(MlipError, match="--resume"):
+        label(seeds, out, teacher="lj", recipe=TINY, progress=False)
+    with pytest.raises(MlipError, match="another teacher"):
+        label(seeds, out, teacher="emt", recipe=TINY, resume=True, progress=False)
+    with pytest.raises(MlipError, match="another recipe"):
+        label(seeds, out, teacher="lj", recipe=Recipe(), resume=True, progress=False)
+    done = label(seeds, out, teacher="lj", recipe=TINY, resume=True, progress=False)
+    assert done.seeds_done == 4 and done.frames > first.frames
+    whole = label(seeds, tmp_path / "whole", teacher="lj", recipe=TINY, progress=False)
+    assert whole.frames == done.frames  # per-seed random streams: resuming changes nothing
+    again = label(seeds, out, teacher="lj", recipe=TINY, resume=True, progress=False)
+    assert again.frames == done.frames  # nothing left to do
+
+
+def test_an_interrupted_run_keeps_every_finished_seed(tmp_path, monkeypatch):
+    seeds = _seeds(4)
+    real = labelling.label_seed
+    calls = []
+
+    def interrupted(seed, *args):
+        calls.append(seed.info["seed_id"])
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(seed, *args)
+
+    monkeypatch.setattr(labelling, "label_seed", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        label(seeds, tmp_path / "labels", teacher="lj", recipe=TINY, seeds_per_shard=10,
+              progress=False)
+    data = ShardedDataset(tmp_path / "labels")
+    assert data.meta["seeds_done"] == calls[:2]
+    monkeypatch.setattr(labelling, "label_seed", real)
+    done = label(seeds, tmp_path / "labels", teacher="lj", recipe=TINY, resume=True, progress=False)
+    assert done.seeds_done == 4
+
+
+def test_a_teacher_error_drops_the_seed_not_the_run(tmp_path):
+    seeds = _seeds(2)
+    seeds[0].info["seed_id"], seeds[1].info["seed_id"] = "ok", "bad"
+    seeds[1].numbers[:] = 200  # no such element: the teacher fails on it
+    report = label(seeds, tmp_path / "labels", teacher="lj", recipe=TINY, progress=False)
+    assert report.seeds_done == 2 and any(r.startswith("teacher error") for r in report.dropped)
+
+
+def test_several_workers_give_the_same_frames(tmp_path):
+    seeds = _seeds(2)
+    one = label(seeds, tmp_path / "one", teacher="lj", recipe=TINY, progress=False)
+    two = label(seeds, tmp_path / "two", teacher="lj", recipe=TINY, workers=2, progress=False)
+    assert one.frames == two.frames
+
+    def energies(path):
+        data = ShardedDataset(path)
+        return sorted((f.info["seed_id"], f.info["method"], round(f.energy, 5))
+                      for f in (data[i] for i in range(len(data))))
+
+    assert energies(tmp_path / "one") == energies(tmp_path / "two")
+
+
+def test_generate_and_label_from_the_command_line(tmp_path, capsys):
+    seeds = tmp_path / "seeds.extxyz"
+    assert main(["generate", "-o", str(seeds), "--elemental", "0", "--compounds", "2",
+                 "--random", "0", "--real", "0", "--min-per-element", "0"]) == 0
+    assert "2 seeds" in capsys.readouterr().out
+    out = tmp_path / "labels"
+    args = ["label", str(seeds), "-o", str(out), "--teacher", "lj", "--relax-steps", "3",
+            "--perturbations", "1", "--md-steps", "2", "-q"]
+    assert main(args) == 0
+    assert "from 2/2 seeds" in capsys.readouterr().out
+    assert main(args) == 2 and "--resume" in capsys.readouterr().err
+    assert main(["label", str(tmp_path / "missing.xyz"), "-o", str(out)]) == 2
+    assert main(["label", str(seeds), "-o", str(tmp_path / "x"), "--teacher", "nope"]) == 2
+    assert "unknown teacher" in capsys.readouterr().err
