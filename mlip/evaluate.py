@@ -98,6 +98,29 @@ class Metrics:
         self._add_forces(batch, output)
         self._add_stress(batch, output)
 
+    def add_frame(self, frame: Frame, energy: float, forces, stress=None) -> None:
+        """Add one structure's errors, given predictions from any source (another calculator,
+        a peer model): ``energy`` eV, ``forces`` [n_atoms, 3] eV/Å, ``stress`` [3, 3] eV/Å^3
+        or None. Same units and conventions as `update`."""
+        numbers = frame.numbers
+        self.frames += 1
+        self.atoms += len(numbers)
+        self.atoms_by_element += np.bincount(numbers, minlength=_N_ELEMENTS)
+        if frame.energy is not None:
+            error = 1e3 * (energy - frame.energy) / len(numbers)  # meV/atom
+            self.energy.add([error])
+            present = np.unique(numbers)
+            self.energy_by_element.add(np.full(len(present), error), present)
+            self.labelled["energy"] += 1
+        if frame.forces is not None:
+            errors = 1e3 * (np.asarray(forces) - frame.forces)  # meV/Å
+            self.forces.add(errors)
+            self.forces_by_element.add(errors, numbers)
+            self.labelled["forces"] += 1
+        if frame.stress is not None and stress is not None:
+            self.stress.add([EV_PER_A3_TO_GPA * (np.asarray(stress) - frame.stress)])  # GPa
+            self.labelled["stress"] += 1
+
     def _add_energy(self, batch: GraphBatch, output: PotentialOutput) -> None:
         labels, nodes = batch.labels, batch.node_mask
         has_energy = batch.graph_mask & labels.has_energy

@@ -95,6 +95,17 @@ def test_batching_does_not_change_metrics(potential, frames):
     _check_metrics(evaluate(potential, frames, **SMALL_BATCHES).to_dict())
 
 
+def test_metrics_from_any_predictions_equal_the_batched_ones(potential, frames):
+    """Metrics.add_frame (predictions from another calculator, e.g. a teacher) counts the
+    same errors as the batched path."""
+    from mlip.evaluate import Metrics
+
+    metrics = Metrics()
+    for frame, pred in zip(frames, potential.predict(frames)):
+        metrics.add_frame(frame, pred.energy, pred.forces, pred.stress)
+    _check_metrics(metrics.to_dict())
+
+
 def test_unlabelled_data_gives_empty_metrics(potential, frames):
     bare = [make_frame(f.numbers, f.positions, f.cell, f.pbc) for f in frames]
     data = evaluate(potential, bare, **ONE_BATCH).to_dict()
