@@ -83,6 +83,56 @@ def test_round_trip_every_field_across_shards(tmp_path):
     ]
 
 
+def test_info_scalars_round_trip_and_the_rest_is_left_out(tmp_path):
+    frames = mixed_frames(6)
+    for i, frame in enumerate(frames):
+        frame.info.update(seed_id=f"s-{i}", step=i, temperature=300.0 + i, hot=i % 2 == 0,
+                          vector=[1, 2, 3])
+    frames[5].info["only_some"] = "x"
+    write_shards(frames, tmp_path / "ds", frames_per_shard=3, progress=False)
+    ds = open_dataset(tmp_path / "ds")
+    for i, frame in enumerate(frames):
+        info = ds[i].info
+        assert info == {"seed_id": f"s-{i}", "step": i, "temperature": 300.0 + i, "hot": i % 2 == 0}
+        assert type(info["step"]) is int and type(info["hot"]) is bool
+
+
+def test_compact_shards_and_appending_keep_a_valid_dataset(tmp_path):
+    """Compact shards hold float32 geometry and labels (float64 energies); a reopened writer
+    appends shards, and the directory is a complete dataset after every index write."""
+    frames = mixed_frames(9)
+    writer = shards.ShardWriter(tmp_path / "ds", 100, compact=True)
+    (tmp_path / "ds").mkdir()
+    for frame in frames[:4]:
+        writer.add(frame)
+    writer.flush()
+    writer.write_index([], {"note": 1})
+    assert len(open_dataset(tmp_path / "ds")) == 4
+    writer = shards.ShardWriter.reopen(tmp_path / "ds", 100, compact=True)
+    for frame in frames[4:]:
+        writer.add(frame)
+    writer.flush()
+    writer.write_index([], {"note": 2})
+    ds = open_dataset(tmp_path / "ds")
+    assert len(ds) == 9 and ds.meta == {"note": 2} and len(ds.shard_ranges) == 2
+    for i, frame in enumerate(frames):
+        read = ds[i]
+        assert read.positions.dtype == np.float64 and read.energy == frame.energy
+        np.testing.assert_allclose(read.positions, frame.positions.astype(np.float32), rtol=0)
+        if frame.forces is not None:
+            np.testing.assert_allclose(read.forces, frame.forces.astype(np.float32), rtol=0)
+    many = mixed_frames(300)
+    sizes = []
+    for name, compact in (("full", False), ("compact", True)):
+        writer = shards.ShardWriter(tmp_path, 1000, compact=compact)
+        for frame in many:
+            writer.add(frame)
+        writer.flush()
+        sizes.append((tmp_path / writer.entries[-1]["file"]).stat().st_size)
+        (tmp_path / writer.entries[-1]["file"]).unlink()
+    assert sizes[1] < 0.6 * sizes[0]
+
+
 def test_extras_missing_in_some_frames_are_dropped_with_one_warning(tmp_path, caplog):
     frames = mixed_frames(20)
     for frame in frames[10:]:

@@ -38,7 +38,7 @@ dataset. Compact shards (``compact=True``, used for distilled data kept in a rep
 positions, forces, cells and stresses as float32 and are deflated; energies stay float64 and
 frames read back are float64 either way. ``index.json`` may carry a ``meta`` object (free-form
 JSON: e.g. the teacher and recipe of a labelling run), and a directory can be appended to
-(`_ShardWriter.reopen`): each appended shard is followed by a rewritten index, so the
+(`ShardWriter.reopen`): each appended shard is followed by a rewritten index, so the
 directory is a complete dataset after every shard.
 
 Crash safety: every file is written to a temporary file in the output directory and moved into
@@ -177,7 +177,7 @@ def write_shards(
     if frames_per_shard < 1:
         raise MlipError(f"frames_per_shard must be at least 1, got {frames_per_shard}")
     out_dir = _prepare_out_dir(Path(out_dir), overwrite)
-    writer = _ShardWriter(out_dir, frames_per_shard)
+    writer = ShardWriter(out_dir, frames_per_shard)
     bar = tqdm(desc=f"converting to {out_dir}", unit=" frames", postfix={"shards": 0},
                disable=not progress)
     try:
@@ -222,8 +222,11 @@ def _prepare_out_dir(out_dir: Path, overwrite: bool) -> Path:
     return out_dir
 
 
-class _ShardWriter:
+class ShardWriter:
     """Buffers one shard of frames at a time and writes shards, sidecar and index atomically.
+
+    The engine of `write_shards` and of `mlip label` (which appends one shard per batch of
+    seeds and rewrites the index after each). ``buffer``: the frames not yet written.
 
     ``compact``: float32 geometry and labels, deflated (see the module docstring).
     """
@@ -239,7 +242,7 @@ class _ShardWriter:
         self.written: list[Path] = []
 
     @classmethod
-    def reopen(cls, out_dir: Path, frames_per_shard: int, *, compact: bool = False) -> "_ShardWriter":
+    def reopen(cls, out_dir: Path, frames_per_shard: int, *, compact: bool = False) -> "ShardWriter":
         """A writer that appends to the dataset in ``out_dir`` (its shards are kept)."""
         dataset = ShardedDataset(out_dir)
         writer = cls(out_dir, frames_per_shard, compact=compact)

@@ -42,7 +42,7 @@ from ase.neighborlist import neighbor_list
 from tqdm.auto import tqdm
 
 from mlip.data.frame import Frame, make_frame
-from mlip.data.shards import INDEX_FILE, _ShardWriter
+from mlip.data.shards import INDEX_FILE, ShardedDataset, ShardWriter
 from mlip.distill.teachers import ENERGY_CONVENTION, Teacher, get_teacher
 from mlip.errors import MlipError
 from mlip.units import EV_PER_A3_TO_GPA as GPA
@@ -254,14 +254,12 @@ class LabelReport:
         return "\n".join(lines)
 
 
-def _open_run(out_dir: Path, meta: dict, resume: bool) -> tuple[_ShardWriter, dict]:
+def _open_run(out_dir: Path, meta: dict, resume: bool) -> tuple[ShardWriter, dict]:
     """A writer for ``out_dir`` and the run's meta (the previous one when resuming)."""
     if (out_dir / INDEX_FILE).exists():
         if not resume:
             raise MlipError(f"{out_dir} already holds labels: pass --resume to continue that run")
-        writer = _ShardWriter.reopen(out_dir, 1 << 30, compact=True)
-        from mlip.data.shards import ShardedDataset
-
+        writer = ShardWriter.reopen(out_dir, 1 << 30, compact=True)
         previous = ShardedDataset(out_dir).meta
         for key in ("teacher", "recipe", "filters", "energy"):
             if previous.get(key) != meta[key]:
@@ -271,7 +269,7 @@ def _open_run(out_dir: Path, meta: dict, resume: bool) -> tuple[_ShardWriter, di
     if out_dir.exists() and any(out_dir.iterdir()):
         raise MlipError(f"{out_dir} is not empty and holds no labels: choose another directory")
     out_dir.mkdir(parents=True, exist_ok=True)
-    return _ShardWriter(out_dir, 1 << 30, compact=True), meta
+    return ShardWriter(out_dir, 1 << 30, compact=True), meta
 
 
 def label(
@@ -342,12 +340,13 @@ def _results(todo, spec: str, recipe, filters, workers: int):
 class _Run:
     """Collects finished seeds and commits them as shards (frames, then index with meta)."""
 
-    def __init__(self, writer: _ShardWriter, meta: dict, seeds_per_shard: int, total: int):
+    def __init__(self, writer: ShardWriter, meta: dict, seeds_per_shard: int, total: int):
         self.writer, self.meta, self.seeds_per_shard, self.total = writer, meta, seeds_per_shard, total
         self.pending: list[tuple[str, collections.Counter, list[str]]] = []
 
     def add(self, seed_id: str, frames: list[Frame], dropped: collections.Counter) -> None:
-        self.writer.buffer.extend(frames)
+        for frame in frames:
+            self.writer.add(frame)
         self.pending.append((seed_id, dropped, [f.info["method"].split(":")[0] for f in frames]))
         if len(self.pending) >= self.seeds_per_shard:
             self.commit()
