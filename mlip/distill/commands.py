@@ -38,10 +38,12 @@ def _cmd_label(args) -> None:
 
     from mlip.distill.label import Filters, Recipe, label
 
-    if not args.seeds.is_file():
-        raise MlipError(f"seeds {args.seeds}: no such file (make one with mlip generate)")
-    seeds = ase.io.read(args.seeds, index=args.index)
-    seeds = seeds if isinstance(seeds, list) else [seeds]
+    seeds = []
+    for path in args.seeds:
+        if not path.is_file():
+            raise MlipError(f"seeds {path}: no such file (make one with mlip generate)")
+        read = ase.io.read(path, index=args.index)
+        seeds += read if isinstance(read, list) else [read]
     recipe = Recipe(relax_steps=args.relax_steps, perturbations=args.perturbations,
                     md_steps=args.md_steps, seed=args.seed)
     filters = Filters(max_force=args.max_force, max_stress=args.max_stress)
@@ -82,12 +84,12 @@ def add_parsers(commands) -> None:
         "garbage labels by filter. Appends to a compact mlip-shards directory, usable as "
         "training data as it stands. Interrupt any time; --resume skips the seeds done.",
     )
-    lab.add_argument("seeds", type=Path, help="seeds file from mlip generate")
+    lab.add_argument("seeds", type=Path, nargs="+", help="seeds files from mlip generate")
     lab.add_argument("-o", "--output", type=Path, required=True, help="labels directory")
     lab.add_argument("--teacher", default="sevenn-0", help="sevenn-0 (default), emt, lj or MODULE:FUNCTION")
     lab.add_argument("--workers", type=int, default=1, help="labelling processes (one per core)")
     lab.add_argument("--resume", action="store_true", help="continue the run in OUTPUT")
-    lab.add_argument("--index", default=":", help="seeds to label, ase slice syntax")
+    lab.add_argument("--index", default=":", help="seeds to label from each file, ase slice syntax")
     lab.add_argument("--relax-steps", type=int, default=30)
     lab.add_argument("--perturbations", type=int, default=8)
     lab.add_argument("--md-steps", type=int, default=24)
