@@ -23,7 +23,7 @@ from mlip.models.config import FacetConfig
 from mlip.nn.edge_frame import edge_rotation, wigner_d
 from mlip.nn.gate import Gate
 from mlip.nn.norm import EquivariantRMSNorm
-from mlip.nn.message_passing import edge_sum, pad_edges
+from mlip.nn.message_passing import edge_map, edge_sum, node_chunk, pad_edges
 from mlip.nn.radial import RadialEmbedding, radial_embedding
 from mlip.nn.s2_mixing import S2Mixing
 from mlip.nn.so2_conv import ScalarSO2Convolution, SO2Convolution, scalar_so2_message
@@ -75,12 +75,33 @@ class Interaction(nn.Module):
         h = h + aggregated / c.avg_num_neighbors
         normed = EquivariantRMSNorm(c.lmax)(h)
         if c.mixing == "s2":
-            mixed = S2Mixing(
-                c.lmax, c.mixing_hidden, c.grid, c.grid_res_beta, c.grid_res_alpha, c.grid_order
-            )(normed)
+            mixing = S2Mixing(c.lmax, c.mixing_hidden, c.grid, c.grid_res_beta, c.grid_res_alpha, c.grid_order)
         else:
-            mixed = Gate()(normed)
-        return h + mixed
+            mixing = Gate()
+        return h + node_chunked(mixing, normed, node_chunk(self.edge_chunk))
+
+
+def node_chunked(module: nn.Module, x, chunk: int | None):
+    """module(x) for a node-wise module and x [N, ...], over chunks of ``chunk`` nodes when N
+    is larger (None: one pass), each rematerialised in the backward pass: the S2 mixing's grid
+    values are the largest per-node intermediates of the model (about 190 kB per node and
+    layer for the small preset), so a 100k-atom call holds them for one chunk at a time.
+
+    A flax lifted scan over the module (parameters broadcast, not split), so that its
+    parameters keep their names: files load either way.
+    """
+    num_nodes = x.shape[0]
+    if chunk is None or num_nodes <= chunk:
+        return module(x)
+    padded = -(-num_nodes // chunk) * chunk
+    chunks = jnp.pad(x, [(0, padded - num_nodes)] + [(0, 0)] * (x.ndim - 1)).reshape((-1, chunk) + x.shape[1:])
+
+    def body(mdl, carry, part):
+        return carry, mdl(part)
+
+    scan = nn.scan(nn.remat(body), variable_broadcast="params", split_rngs={"params": False})
+    _, out = scan(module, None, chunks)
+    return out.reshape((padded,) + x.shape[1:])[:num_nodes]
 
 
 class FacetModel(nn.Module):
@@ -111,7 +132,7 @@ class FacetModel(nn.Module):
         lengths2 = jnp.sum(vectors**2, axis=-1)
         # Double where: padding edges have r = 0, where sqrt has an infinite derivative.
         lengths = jnp.where(edge_mask, jnp.sqrt(jnp.where(edge_mask, lengths2, 1.0)), 0.0)
-        wigner = wigner_d(edge_rotation(vectors), c.lmax)
+        wigner = edge_map(lambda v: wigner_d(edge_rotation(v), c.lmax), vectors, self.edge_chunk)
         embedding = nn.Embed(len(c.species), c.channels, name="species_embedding")(species)
         h = jnp.zeros((species.shape[0], dim, c.channels), vectors.dtype)
         h = h.at[:, 0, :].set(embedding.astype(vectors.dtype))

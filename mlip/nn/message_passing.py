@@ -7,7 +7,8 @@ forward and backward) alive at once, which at 100k atoms (about 6 M edges within
 than any GPU holds. Chunked, a `lax.scan` runs the message of ``chunk`` edges at a time and adds
 it into the [N, ...] sum; the body is rematerialised (`jax.checkpoint`) in the backward pass,
 so only the scan's per-edge inputs (lengths, Wigner blocks, indices) and their cotangents are
-stored for all edges, and the message's intermediates for one chunk. The price is one extra
+stored for all edges, and the message's intermediates for one chunk. `edge_map` does the same
+for per-edge functions (the Wigner blocks of the edge frames). The price is one extra
 forward pass of the message in the backward pass. The sum is the same function; only the
 order of floating-point additions changes.
 """
@@ -23,6 +24,14 @@ import jax.numpy as jnp
 #: than this run chunked. 2^16 edges is ~1.5k atoms of a dense solid at 5 Å, so the
 #: structures of training and of most relaxations run unchunked, exactly as before.
 DEFAULT_EDGE_CHUNK = 1 << 16
+
+
+def node_chunk(edge_chunk: int | None) -> int | None:
+    """Nodes per chunk of node-wise layers (mlip.models.facet.node_chunked) for an edge chunk.
+    The S2 mixing's per-node intermediates (grid points x hidden width, about 190 kB per node
+    for the small preset) are several times a message's per edge (about 14 kB per block), so
+    nodes go in chunks 16 times smaller than edges."""
+    return None if edge_chunk is None else max(1, edge_chunk // 16)
 
 
 def padded_edge_count(num_edges: int, chunk: int | None) -> int:
@@ -45,6 +54,25 @@ def pad_edges(vectors, senders, receivers, edge_mask, num_nodes: int, chunk: int
         jnp.concatenate([receivers, last.astype(receivers.dtype)]),
         jnp.concatenate([edge_mask, jnp.zeros((extra,), bool)]),
     )
+
+
+def edge_map(fn: Callable, edges, chunk: int | None):
+    """fn(edges) for per-edge arrays [E, ...] (a pytree) -> per-edge outputs [E, ...], computed
+    chunk by chunk when chunk is not None and E > chunk (E a multiple of chunk).
+
+    For per-edge functions whose autodiff intermediates are large against their outputs (the
+    Wigner blocks: about 650 floats per edge in the backward pass at lmax 3, for 84 outputs):
+    each chunk is rematerialised in the backward pass, so only one chunk's intermediates exist
+    at a time.
+    """
+    num_edges = jax.tree.leaves(edges)[0].shape[0]
+    if chunk is None or num_edges <= chunk:
+        return fn(edges)
+    if num_edges % chunk:
+        raise ValueError(f"{num_edges} edges are not a whole number of chunks of {chunk} (pad_edges)")
+    chunks = jax.tree.map(lambda a: a.reshape((num_edges // chunk, chunk) + a.shape[1:]), edges)
+    out = jax.lax.map(jax.checkpoint(fn), chunks)
+    return jax.tree.map(lambda a: a.reshape((num_edges,) + a.shape[2:]), out)
 
 
 def edge_sum(message: Callable, edges, receivers, num_nodes: int, chunk: int | None):
