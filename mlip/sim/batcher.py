@@ -102,8 +102,14 @@ def run(
     skin: float = 0.5,
     budget: Budget = Budget(),
     progress: bool = False,
+    matmul_precision: str = "highest",
 ) -> list[Result]:
-    """Run ``engine`` (mlip.sim.api's relaxation or MD engines) over all ``structures``."""
+    """Run ``engine`` (mlip.sim.api's relaxation or MD engines) over all ``structures``.
+
+    ``matmul_precision``: of float32 matmuls, as jax.default_matmul_precision takes it.
+    Simulation wants full float32 ("highest"), not TF32, the default on GPUs ("default"):
+    benchmarks/RESULTS.md, "GPU device check", has the measured difference.
+    """
     structures = list(structures)
     for k, atoms in enumerate(structures):
         if not isinstance(atoms, ase.Atoms):
@@ -113,8 +119,7 @@ def run(
         except MlipError as exc:
             raise MlipError(f"structure {k}: {exc}") from None
     runner = _Runner(potential, engine, skin, budget, structures)
-    # Simulation wants full float32 matmuls, not TF32 (the default on GPUs).
-    with jax.default_matmul_precision("highest"):
+    with jax.default_matmul_precision(matmul_precision):
         return runner.run(progress)
 
 
