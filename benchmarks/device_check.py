@@ -63,13 +63,16 @@ FULL = dict(
     presets={"small": {}, "medium": {}}, kernel_edges=4096, model_atoms=1000, sizes=(1000, 10000, 100000),
     largest_start=100_000, largest_max=8_000_000, relax_count=1024, relax_ase=16, relax_steps=300,
     relax_atoms=12288, md_runs=((1000, 200), (10000, 100)), train_steps=20, train_frames=160, nve_atoms=1000,
-    nve_steps=500, rounds=5,
+    nve_steps=500, rounds=5, trained=True, repeat=True, precisions=("default", "high", "highest"),
 )
-TINY_MODEL = dict(channels=4, mixing_hidden=8, readout_hidden=4, num_radial=4)
+#: --tiny: one preset at lmax 1 and 4 channels (the Pallas interpreter's compile time grows
+#: fast with lmax), also in place of the trained model in relax, md and precision; one size,
+#: one probe of the bisection, a few structures and steps, no second (compiled) runs.
+TINY_MODEL = dict(lmax=1, mmax=1, channels=4, mixing_hidden=8, readout_hidden=4, num_radial=4)
 TINY = dict(
-    presets={"small": TINY_MODEL, "medium": TINY_MODEL}, kernel_edges=40, model_atoms=8, sizes=(8, 64),
-    largest_start=16, largest_max=64, relax_count=4, relax_ase=2, relax_steps=8, relax_atoms=128,
-    md_runs=((8, 4),), train_steps=2, train_frames=8, nve_atoms=8, nve_steps=6, rounds=1,
+    presets={"small": TINY_MODEL}, kernel_edges=40, model_atoms=8, sizes=(8,), largest_start=64, largest_max=64,
+    relax_count=4, relax_ase=2, relax_steps=8, relax_atoms=128, md_runs=((8, 4),), train_steps=2, train_frames=8,
+    nve_atoms=8, nve_steps=4, rounds=1, trained=False, repeat=False, precisions=("default", "highest"),
 )
 
 
@@ -244,6 +247,19 @@ def model(preset: str, overrides: dict, kernel: str = "reference", species=("Si"
     from mlip.potential import Potential
 
     return Potential.create(preset, species=list(species), r_cut=5.0, seed=0, dtype="float32", kernel=kernel, **overrides)
+
+
+def simulation_model(sizes: dict):
+    """The potential of relax, md and precision: the bundled mlearn Si model (small preset,
+    trained: a random model's landscape is too rugged for relaxations to mean much), or the
+    --tiny model."""
+    from mlip.cli import bundled_model
+    from mlip.potential import Potential
+
+    if sizes["trained"]:
+        return "small (mlearn Si, trained)", Potential.load(bundled_model())
+    preset, overrides = next(iter(sizes["presets"].items()))
+    return f"{preset} (random)", model(preset, overrides)
 
 
 def with_kernel(potential, kernel: str):
@@ -466,17 +482,15 @@ def step_relax(sizes: dict, rows: Rows) -> None:
 
     from bench_sim import crystals, rates, relax_ase, relax_batched
     from mlip import sim
-    from mlip.cli import bundled_model
-    from mlip.potential import Potential
 
-    potential = Potential.load(bundled_model())
+    _, potential = simulation_model(sizes)
     structures = crystals(sizes["relax_count"])
     atoms = np.array([len(a) for a in structures])
     budget = sim.Budget(max_atoms=sizes["relax_atoms"], max_structures=sizes["relax_count"] + 1)
     for label in ("mlip.sim.relax, first call (compiles)", "mlip.sim.relax, compiled"):
         run = rates(relax_batched(potential, structures, 0.05, sizes["relax_steps"], budget), atoms)
         rows.add(path=label, structures=len(structures), **summary(run, structures))
-        if rows.left() < 1.5 * run["seconds"]:
+        if not sizes["repeat"] or rows.left() < 1.5 * run["seconds"]:
             break
     few = structures[: sizes["relax_ase"]]
     if rows.left() > 20:
@@ -507,10 +521,7 @@ def md_run(potential, atoms, steps: int, precision: str = "highest") -> dict:
 
 def step_md(sizes: dict, rows: Rows) -> None:
     """(e) NVE of one Si crystal per size: twice (the first compiles), 1 fs steps."""
-    from mlip.cli import bundled_model
-    from mlip.potential import Potential
-
-    potential = Potential.load(bundled_model())
+    _, potential = simulation_model(sizes)
     for n, steps in sizes["md_runs"]:
         atoms = silicon(n, rattle=0.02)
         for label in ("first call (compiles)", "compiled"):
@@ -518,6 +529,8 @@ def step_md(sizes: dict, rows: Rows) -> None:
             per_step = r["seconds"] / steps
             rows.add(atoms=len(atoms), steps=steps, run=label, **r, ms_per_step=1e3 * per_step,
                      atom_steps_per_s=len(atoms) / per_step, ns_per_day=86400 * 1e-6 / per_step)
+            if not sizes["repeat"]:
+                break
             if rows.left() < 1.5 * r["seconds"]:
                 return
     rows.add(run="anchors (published): eSEN 3.2M params 53k atom-steps/s at 1.2k atoms on an H100; UMA-S ~69k on an H200")
@@ -574,7 +587,7 @@ def step_train(sizes: dict, rows: Rows) -> None:
     jax.block_until_ready(metrics)
     rows.add(part="first step (compiles)", seconds=time.perf_counter() - start, loss=float(metrics["loss"]))
     frames, start, steps = 0, time.perf_counter(), 0
-    while steps < sizes["train_steps"] and rows.left() > 5:
+    while steps < sizes["train_steps"] and (steps == 0 or rows.left() > 5):
         count, batch = device_batches[steps % len(device_batches)]
         state, metrics = train_step(state, batch, weights, jnp.float32(1.0))
         frames, steps = frames + count, steps + 1
@@ -591,11 +604,8 @@ def step_precision(sizes: dict, rows: Rows) -> None:
     import jax
     import numpy as np
 
-    from mlip.cli import bundled_model
-    from mlip.potential import Potential
-
-    trained = Potential.load(bundled_model())
-    candidates = {"small (mlearn Si, trained)": trained}
+    name, simulated = simulation_model(sizes)
+    candidates = {name: simulated}
     candidates.update({f"{p} (random)": model(p, o) for p, o in sizes["presets"].items() if p != "small"})
     atoms = silicon(sizes["model_atoms"], rattle=0.05)
     for name, potential in candidates.items():
@@ -605,7 +615,7 @@ def step_precision(sizes: dict, rows: Rows) -> None:
         _, batch = padded(potential, atoms)
         n = graph.n_node
         forces = np.asarray(reference.forces[:n])
-        for precision in ("default", "high", "highest"):
+        for precision in sizes["precisions"]:
             with jax.default_matmul_precision(precision):
                 out = dataclasses.replace(potential)(batch)  # a fresh trace under this precision
                 jax.block_until_ready(out)
@@ -619,8 +629,8 @@ def step_precision(sizes: dict, rows: Rows) -> None:
     for precision in ("default", "highest"):
         if rows.left() < 20:
             return rows.add(part="NVE drift", precision=precision, result="skipped: time cap")
-        r = md_run(trained, atoms, sizes["nve_steps"], precision)
-        rows.add(part="NVE drift", model="small (mlearn Si, trained)", precision=precision, atoms=len(atoms),
+        r = md_run(simulated, atoms, sizes["nve_steps"], precision)
+        rows.add(part="NVE drift", model=name, precision=precision, atoms=len(atoms),
                  steps=sizes["nve_steps"], timestep_fs=1.0, **r)
 
 
