@@ -22,9 +22,9 @@ them. ``--tiny`` runs the same steps and code paths at toy sizes on the CPU
 (tests/test_device_check.py, so that the script cannot rot while no GPU is lent).
 
 On the device machine (the device tool's `run`; benchmarks/device_wheels.sh prepares .whl/
-here first, and benchmarks/RESULTS.md, "GPU device check", gives the same call):
+here first, mlip's own wheel included, built from the working tree; and benchmarks/RESULTS.md, "GPU device check", gives the same call):
 
-    command:   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl && python3 -m pip install -q --no-index --no-deps --no-build-isolation --no-compile --target /tmp/site . && export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 && python3 benchmarks/device_check.py --out $OUT --budget 420 2>&1 | tee $OUT/log.txt
+    command:   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 && python3 benchmarks/device_check.py --out $OUT --budget 420 2>&1 | tee $OUT/log.txt
     carry:     [".whl"]
     timeout_s: 540
 
@@ -136,7 +136,19 @@ def header(args) -> dict:
         "mode": "tiny (CPU toy sizes)" if args.tiny else "full",
         "budget_s": args.budget,
         "matmul_precision": "highest, except where a row says otherwise",
+        "mlip": mlip_source(),
     }
+
+
+def mlip_source() -> str:
+    """Where the children import mlip from, and the commit its wheel was built from (the wheel
+    of benchmarks/device_wheels.sh writes .whl/BUILT_FROM)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("mlip")
+    built = HERE.parent / ".whl" / "BUILT_FROM"
+    origin = str(Path(spec.origin).parent) if spec and spec.origin else "not importable"
+    return origin + (f" (wheel built from {built.read_text().strip()})" if built.exists() else "")
 
 
 def merge(out: Path, report: dict, scratch: Path, name: str, status: str | None = None) -> None:

@@ -7,9 +7,12 @@
 # Python 3.12, jax/jaxlib 0.11 with the CUDA 13 plugin, flax, optax, numpy, scipy, pyyaml,
 # tqdm, matplotlib, sympy, attrs and typing-extensions. Of mlip's dependencies it lacks
 # e3nn-jax, ase, vesin and ijson: this script downloads those, at the versions installed in
-# the environment that runs it (the versions the test suite passed with), checks that every
-# requirement of every wheel is either in .whl/ or in the image, and that the folder is small
-# enough to travel (the device tool carries at most 64 MiB with the working tree).
+# the environment that runs it (the versions the test suite passed with), builds mlip's own
+# wheel from the working tree (the image's setuptools may be too old to build it there: 65.5
+# fails on pyproject.toml's SPDX license string), checks that every requirement of every wheel
+# is either in .whl/ or in the image, and that the folder is small enough to travel (the device
+# tool carries at most 64 MiB with the working tree). mlip's wheel is a snapshot: run this
+# again after any change to mlip/ or kernels/, right before the device call.
 #
 # Run here, from the repository root, with the project's virtual environment active:
 #
@@ -18,7 +21,7 @@
 # Then the device check, one call of the device tool's `run` (benchmarks/RESULTS.md, "GPU
 # device check", gives the same call):
 #
-#     command:   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl && python3 -m pip install -q --no-index --no-deps --no-build-isolation --no-compile --target /tmp/site . && export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 && python3 benchmarks/device_check.py --out $OUT --budget 420 2>&1 | tee $OUT/log.txt
+#     command:   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 && python3 benchmarks/device_check.py --out $OUT --budget 420 2>&1 | tee $OUT/log.txt
 #     carry:     [".whl"]
 #     timeout_s: 540
 set -euo pipefail
@@ -37,6 +40,10 @@ for name in "${MISSING[@]}"; do
         --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
         --platform manylinux2014_x86_64 --platform manylinux1_x86_64 -d .whl "$name==$version"
 done
+
+# mlip itself, installed there with --no-deps like the others.
+python -m pip wheel -q --no-deps -w .whl .
+echo "$(git describe --always --dirty 2>/dev/null || echo unknown) $(date -u '+%Y-%m-%d %H:%M UTC')" > .whl/BUILT_FROM
 
 # Every requirement (without an "extra" marker) of every wheel must be in .whl/ or the image.
 python - "$IMAGE" <<'EOF'
