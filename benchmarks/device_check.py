@@ -50,6 +50,8 @@ import time
 import warnings
 from pathlib import Path
 
+# JAX and mlip are imported inside the step functions: the orchestrating process must not start
+# a JAX backend, which would take the GPU's memory from the steps' processes.
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
@@ -334,7 +336,7 @@ def step_kernel(sizes: dict, rows: Rows) -> None:
         results = {}
         for name, chain in chains.items():
             try:
-                results[name] = jax.jit(lambda x, chain=chain: jax.vjp(chain, *x)[0:1] + (jax.vjp(chain, *x)[1](probe),))(inputs)
+                results[name] = jax.jit(functools.partial(value_and_vjp, chain))(inputs, probe)
             except Exception as exc:  # a lowering failure is a result here
                 rows.add(part="edge chain", preset=preset, result=f"{name} raised {type(exc).__name__}: {str(exc)[:300]}")
         if len(results) == 2:
@@ -342,6 +344,15 @@ def step_kernel(sizes: dict, rows: Rows) -> None:
             rows.add(part="edge chain", preset=preset, edges=sizes["kernel_edges"], forward_max_rel_error=max_error(got[0], expected[0]),
                      backward_max_rel_error=max_error(got[1], expected[1]))
         in_model(preset, potential, sizes, rows)
+
+
+def value_and_vjp(chain, inputs, cotangent):
+    """The edge chain's messages and the cotangents of its inputs (x, Wigner blocks, radial
+    weights, SO(2) weights) for a given message cotangent."""
+    import jax
+
+    value, vjp = jax.vjp(chain, *inputs)
+    return value, vjp(cotangent)
 
 
 def in_model(preset: str, potential, sizes: dict, rows: Rows) -> None:
