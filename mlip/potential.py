@@ -35,6 +35,7 @@ from mlip.errors import MlipError
 from mlip.fileio import atomic_write_bytes, npz_bytes
 from mlip.models.config import FacetConfig, preset
 from mlip.models.facet import FacetModel
+from mlip.nn.message_passing import DEFAULT_EDGE_CHUNK
 
 FORMAT = "mlip-potential"
 FORMAT_VERSION = 1
@@ -74,9 +75,10 @@ def species_table(config: FacetConfig) -> np.ndarray:
     return table
 
 
-def compute(config: FacetConfig, params, batch: GraphBatch) -> PotentialOutput:
-    """Energy, forces and stress of ``batch`` (traceable; `Potential.__call__` jits it)."""
-    model = FacetModel(config)
+def compute(config: FacetConfig, params, batch: GraphBatch, edge_chunk: int | None = DEFAULT_EDGE_CHUNK) -> PotentialOutput:
+    """Energy, forces and stress of ``batch`` (traceable; `Potential.__call__` jits it).
+    ``edge_chunk``: see `Potential`."""
+    model = FacetModel(config, edge_chunk)
     species = jnp.maximum(jnp.asarray(species_table(config))[batch.numbers], 0)
     dtype = batch.positions.dtype
     n_graphs = batch.cell.shape[0]
@@ -103,17 +105,29 @@ def compute(config: FacetConfig, params, batch: GraphBatch) -> PotentialOutput:
 
 
 @functools.lru_cache(maxsize=16)
-def _jitted(config: FacetConfig):
-    return jax.jit(functools.partial(compute, config))
+def _jitted(config: FacetConfig, edge_chunk: int | None = DEFAULT_EDGE_CHUNK):
+    return jax.jit(functools.partial(compute, config, edge_chunk=edge_chunk))
 
 
 @dataclasses.dataclass(frozen=True)
 class Potential:
-    """A trained (or freshly initialised) potential: config + parameters + float dtype."""
+    """A trained (or freshly initialised) potential: config + parameters + float dtype.
+
+    ``edge_chunk`` is a runtime choice, not saved with the potential: graphs with more padded
+    edges than this sum their messages over chunks of that many edges, so that memory grows
+    by a few hundred bytes per edge instead of tens of kB (mlip.nn.message_passing; the same
+    energies, forces and stress up to the order of additions). None: never chunk. Change it
+    with ``dataclasses.replace(potential, edge_chunk=...)``.
+    """
 
     config: FacetConfig
     params: Any
     dtype: str = "float32"
+    edge_chunk: int | None = DEFAULT_EDGE_CHUNK
+
+    def __post_init__(self):
+        if self.edge_chunk is not None and (not isinstance(self.edge_chunk, int) or self.edge_chunk < 1):
+            raise MlipError(f"edge_chunk must be a positive int or None, got {self.edge_chunk!r}")
 
     @classmethod
     def create(
@@ -155,7 +169,7 @@ class Potential:
         batch = batch._replace(
             positions=jnp.asarray(batch.positions, dtype), cell=jnp.asarray(batch.cell, dtype)
         )
-        return _jitted(self.config)(self.params, batch)
+        return _jitted(self.config, self.edge_chunk)(self.params, batch)
 
     def predict(self, structures: Sequence[Frame | ase.Atoms]) -> list[Prediction]:
         """Energy, per-atom energies, forces and stress of each structure (one padded batch).

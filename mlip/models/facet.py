@@ -23,9 +23,10 @@ from mlip.models.config import FacetConfig
 from mlip.nn.edge_frame import edge_rotation, wigner_d
 from mlip.nn.gate import Gate
 from mlip.nn.norm import EquivariantRMSNorm
-from mlip.nn.radial import RadialEmbedding
+from mlip.nn.message_passing import edge_map, edge_sum, node_chunk, pad_edges
+from mlip.nn.radial import RadialEmbedding, radial_embedding
 from mlip.nn.s2_mixing import S2Mixing
-from mlip.nn.so2_conv import ScalarSO2Convolution, SO2Convolution
+from mlip.nn.so2_conv import ScalarSO2Convolution, SO2Convolution, scalar_so2_message
 from mlip.nn.zbl import covalent_range, zbl_pair_energy
 
 
@@ -36,40 +37,71 @@ class Interaction(nn.Module):
     (kernels/so2_message.py), chosen once per model call by `kernels.selection.select`.
     ``scalar_input``: h carries only l = 0 channels (the first block), so the convolution
     takes the cheap exact path `ScalarSO2Convolution` instead.
+    ``edge_chunk``: edges per chunk of the message sum (mlip.nn.message_passing.edge_sum);
+    None sums all edges in one pass.
     """
 
     config: FacetConfig
     edge_chain: selection.Implementation
     scalar_input: bool = False
+    edge_chunk: int | None = None
 
     @nn.compact
     def __call__(self, h, wigner, lengths, senders, receivers, edge_mask):
         c = self.config
         radial_size = c.channels if self.scalar_input else SO2Convolution.radial_size(c.lmax, c.mmax, c.channels)
-        radial = RadialEmbedding(c.num_radial, radial_size, c.r_cut, basis=c.radial_basis)(lengths)
-        radial = jnp.where(edge_mask[:, None], radial, 0.0)  # padding edges carry no message
+        radial_kernel = RadialEmbedding(c.num_radial, radial_size, c.r_cut, basis=c.radial_basis).kernel(h.dtype)
         if self.scalar_input:
-            message = ScalarSO2Convolution(c.lmax, c.channels)(h[senders, 0], radial, wigner)
+            w0 = ScalarSO2Convolution(c.lmax, c.channels).weights(c.channels, h.dtype)
         else:
             weights = SO2Convolution(c.lmax, c.mmax, c.channels).weights(c.channels, h.dtype)
+
+        # Weights and h are taken as they are, so that edge_sum may run this over chunks of
+        # edges inside a jax transformation (where flax modules cannot be called).
+        def message(edges):
+            wigner, lengths, senders, edge_mask = edges
+            radial = radial_embedding(lengths, radial_kernel, c.r_cut, c.num_radial, c.radial_basis)
+            radial = jnp.where(edge_mask[:, None], radial, 0.0)  # padding edges carry no message
+            if self.scalar_input:
+                return scalar_so2_message(h[senders, 0], radial, wigner, w0, c.lmax)
             if self.edge_chain.name == "pallas":
-                message = so2_message.so2_message_pallas(
+                return so2_message.so2_message_pallas(
                     h[senders], wigner, radial, weights, c.lmax, c.mmax, interpret=self.edge_chain.interpret
                 )
-            else:
-                message = so2_message.so2_message_reference(h[senders], wigner, radial, weights, c.lmax, c.mmax)
-        aggregated = jax.ops.segment_sum(
-            message, receivers, num_segments=h.shape[0], indices_are_sorted=True
-        )
+            return so2_message.so2_message_reference(h[senders], wigner, radial, weights, c.lmax, c.mmax)
+
+        edges = (list(wigner), lengths, senders, edge_mask)
+        aggregated = edge_sum(message, edges, receivers, h.shape[0], self.edge_chunk)
         h = h + aggregated / c.avg_num_neighbors
         normed = EquivariantRMSNorm(c.lmax)(h)
         if c.mixing == "s2":
-            mixed = S2Mixing(
-                c.lmax, c.mixing_hidden, c.grid, c.grid_res_beta, c.grid_res_alpha, c.grid_order
-            )(normed)
+            mixing = S2Mixing(c.lmax, c.mixing_hidden, c.grid, c.grid_res_beta, c.grid_res_alpha, c.grid_order)
         else:
-            mixed = Gate()(normed)
-        return h + mixed
+            mixing = Gate()
+        return h + node_chunked(mixing, normed, node_chunk(self.edge_chunk))
+
+
+def node_chunked(module: nn.Module, x, chunk: int | None):
+    """module(x) for a node-wise module and x [N, ...], over chunks of ``chunk`` nodes when N
+    is larger (None: one pass), each rematerialised in the backward pass: the S2 mixing's grid
+    values are the largest per-node intermediates of the model (about 190 kB per node and
+    layer for the small preset), so a 100k-atom call holds them for one chunk at a time.
+
+    A flax lifted scan over the module (parameters broadcast, not split), so that its
+    parameters keep their names: files load either way.
+    """
+    num_nodes = x.shape[0]
+    if chunk is None or num_nodes <= chunk:
+        return module(x)
+    padded = -(-num_nodes // chunk) * chunk
+    chunks = jnp.pad(x, [(0, padded - num_nodes)] + [(0, 0)] * (x.ndim - 1)).reshape((-1, chunk) + x.shape[1:])
+
+    def body(mdl, carry, part):
+        return carry, mdl(part)
+
+    scan = nn.scan(nn.remat(body), variable_broadcast="params", split_rngs={"params": False})
+    _, out = scan(module, None, chunks)
+    return out.reshape((padded,) + x.shape[1:])[:num_nodes]
 
 
 class FacetModel(nn.Module):
@@ -81,18 +113,26 @@ class FacetModel(nn.Module):
         senders, receivers: int [E], receivers sorted;
         edge_mask: bool [E].
     Returns float [N], per-atom energies in eV (padding nodes must be masked by the caller).
+
+    ``edge_chunk`` (a runtime choice, not part of the architecture): with more than this many
+    edges, messages are summed over chunks of that many edges (mlip.nn.message_passing), which
+    bounds the memory per edge; None: one pass. The function is the same either way.
     """
 
     config: FacetConfig
+    edge_chunk: int | None = None
 
     @nn.compact
     def __call__(self, vectors, species, senders, receivers, edge_mask):
         c = self.config
+        vectors, senders, receivers, edge_mask = pad_edges(
+            vectors, senders, receivers, edge_mask, species.shape[0], self.edge_chunk
+        )
         dim = (c.lmax + 1) ** 2
         lengths2 = jnp.sum(vectors**2, axis=-1)
         # Double where: padding edges have r = 0, where sqrt has an infinite derivative.
         lengths = jnp.where(edge_mask, jnp.sqrt(jnp.where(edge_mask, lengths2, 1.0)), 0.0)
-        wigner = wigner_d(edge_rotation(vectors), c.lmax)
+        wigner = edge_map(lambda v: wigner_d(edge_rotation(v), c.lmax), vectors, self.edge_chunk)
         embedding = nn.Embed(len(c.species), c.channels, name="species_embedding")(species)
         h = jnp.zeros((species.shape[0], dim, c.channels), vectors.dtype)
         h = h.at[:, 0, :].set(embedding.astype(vectors.dtype))
@@ -102,7 +142,7 @@ class FacetModel(nn.Module):
         else:
             edge_chain = selection.Implementation("reference")
         for k in range(c.num_layers):
-            h = Interaction(c, edge_chain, scalar_input=k == 0, name=f"interaction_{k}")(
+            h = Interaction(c, edge_chain, scalar_input=k == 0, edge_chunk=self.edge_chunk, name=f"interaction_{k}")(
                 h, wigner, lengths, senders, receivers, edge_mask
             )
         scalars = h[:, 0, :]

@@ -7,6 +7,8 @@ gradients, and exactly zero (value and gradient) for r >= r_cut.
 
 from __future__ import annotations
 
+from typing import Any, Callable
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -86,7 +88,9 @@ class RadialEmbedding(nn.Module):
     """Per-edge weights from edge lengths: Dense(basis(r) * envelope(r)), no bias, no MLP.
 
     Call: r float [E] in Å -> float [E, n_out]. No bias, so the output vanishes with its
-    derivatives at r_cut. Parameters take the dtype of r at initialisation.
+    derivatives at r_cut. Parameters take the dtype of r at initialisation. `kernel` gives
+    the weights alone and `radial_embedding` the map with given weights, so that the model can
+    run it over chunks of edges inside a jax transformation (mlip.nn.message_passing).
     """
 
     n_basis: int
@@ -94,8 +98,31 @@ class RadialEmbedding(nn.Module):
     r_cut: float
     basis: str = "bspline"
 
-    @nn.compact
     def __call__(self, r):
-        values = radial_basis(r, self.r_cut, self.n_basis, self.basis)
+        return radial_embedding(r, self.kernel(r.dtype), self.r_cut, self.n_basis, self.basis)
+
+    @nn.compact
+    def kernel(self, dtype):
+        """The [n_basis, n_out] weights, created on first use."""
         init = _unit_output_init(self.r_cut, self.n_basis, self.basis)
-        return nn.Dense(self.n_out, use_bias=False, kernel_init=init, param_dtype=r.dtype)(values)
+        # Under "Dense_0/kernel", where an nn.Dense held it before: older files load, and the
+        # same seed draws the same weights.
+        return _Kernel(self.n_basis, self.n_out, init, dtype, name="Dense_0")()
+
+
+class _Kernel(nn.Module):
+    """One weight matrix [n_in, n_out] named "kernel", as nn.Dense names its own."""
+
+    n_in: int
+    n_out: int
+    initializer: Callable
+    dtype: Any
+
+    @nn.compact
+    def __call__(self):
+        return self.param("kernel", self.initializer, (self.n_in, self.n_out), self.dtype)
+
+
+def radial_embedding(r, kernel, r_cut: float, n_basis: int, basis: str = "bspline"):
+    """`RadialEmbedding`'s map with given weights: r [E] (Å), kernel [n_basis, n_out] -> [E, n_out]."""
+    return radial_basis(r, r_cut, n_basis, basis) @ kernel

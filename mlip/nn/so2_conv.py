@@ -154,12 +154,21 @@ class ScalarSO2Convolution(nn.Module):
     lmax: int
     channels_out: int
 
-    @nn.compact
     def __call__(self, scalars, radial, wigner):
-        num_edges, channels_in = scalars.shape
-        weight = self.param(
-            "w0", nn.initializers.normal(channels_in**-0.5), (channels_in, (self.lmax + 1) * self.channels_out), scalars.dtype
-        )
-        y = ((scalars * radial) @ weight).reshape(num_edges, self.lmax + 1, self.channels_out)
-        # Row m = 0 of D^l sits at index l of the block (m runs -l..l).
-        return jnp.concatenate([wigner[l][:, l, :, None] * y[:, l, None, :] for l in range(self.lmax + 1)], axis=1)
+        return scalar_so2_message(scalars, radial, wigner, self.weights(scalars.shape[-1], scalars.dtype), self.lmax)
+
+    @nn.compact
+    def weights(self, channels_in: int, dtype):
+        """The weight "w0" [C_in, (lmax+1) C_out], created on first use (taken apart from the call
+        for the same reason as `SO2Convolution.weights`)."""
+        shape = (channels_in, (self.lmax + 1) * self.channels_out)
+        return self.param("w0", nn.initializers.normal(channels_in**-0.5), shape, dtype)
+
+
+def scalar_so2_message(scalars, radial, wigner, w0, lmax: int):
+    """`ScalarSO2Convolution`'s map with given weights w0 [C_in, (lmax+1) C_out]:
+    (scalars [E, C_in], radial [E, C_in], Wigner blocks up to lmax) -> [E, (lmax+1)**2, C_out]."""
+    num_edges = scalars.shape[0]
+    y = ((scalars * radial) @ w0).reshape(num_edges, lmax + 1, -1)
+    # Row m = 0 of D^l sits at index l of the block (m runs -l..l).
+    return jnp.concatenate([wigner[l][:, l, :, None] * y[:, l, None, :] for l in range(lmax + 1)], axis=1)

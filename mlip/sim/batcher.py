@@ -102,8 +102,14 @@ def run(
     skin: float = 0.5,
     budget: Budget = Budget(),
     progress: bool = False,
+    matmul_precision: str = "highest",
 ) -> list[Result]:
-    """Run ``engine`` (mlip.sim.api's relaxation or MD engines) over all ``structures``."""
+    """Run ``engine`` (mlip.sim.api's relaxation or MD engines) over all ``structures``.
+
+    ``matmul_precision``: of float32 matmuls, as jax.default_matmul_precision takes it.
+    Simulation wants full float32 ("highest"), not TF32, the default on GPUs ("default"):
+    benchmarks/RESULTS.md, "GPU device check", has the measured difference.
+    """
     structures = list(structures)
     for k, atoms in enumerate(structures):
         if not isinstance(atoms, ase.Atoms):
@@ -113,8 +119,7 @@ def run(
         except MlipError as exc:
             raise MlipError(f"structure {k}: {exc}") from None
     runner = _Runner(potential, engine, skin, budget, structures)
-    # Simulation wants full float32 matmuls, not TF32 (the default on GPUs).
-    with jax.default_matmul_precision("highest"):
+    with jax.default_matmul_precision(matmul_precision):
         return runner.run(progress)
 
 
@@ -201,7 +206,7 @@ class _Runner:
             self.spec = nl.grown(self.spec, system.neighbors, self.budget.growth)
         options = stack([self.engine.options(self.structures[s.index], s.index) for s in slots],
                         self.engine.OPTIONS, n_node, n_graph)
-        fns = _compiled(self.engine, self.potential.config, self.spec)
+        fns = _compiled(self.engine, self.potential.config, self.spec, self.potential.edge_chunk)
         fresh = fns.blank(system, options)
         started = [s for s in slots if s.started]
         carried = fresh
@@ -216,7 +221,7 @@ class _Runner:
         real = int(np.sum(np.asarray(state.system.graph_mask)))
         min_done = max(1, math.ceil(self.budget.refill_fraction * real)) if queue else real
         while True:
-            fns = _compiled(self.engine, self.potential.config, self.spec)
+            fns = _compiled(self.engine, self.potential.config, self.spec, self.potential.edge_chunk)
             state = fns.chunk(self.potential.params, state, self.budget.chunk, min_done)
             neighbors = state.system.neighbors
             if not bool(neighbors.overflow):
@@ -334,11 +339,11 @@ def _no_forces(system: System) -> PotentialOutput:
 
 
 class _Functions:
-    """The jitted device functions of one (engine, model config, neighbour spec)."""
+    """The jitted device functions of one (engine, model config, neighbour spec, edge chunk)."""
 
-    def __init__(self, engine, config, spec):
+    def __init__(self, engine, config, spec, edge_chunk):
         def build(params):
-            return engine.build(functools.partial(evaluate, config, params), spec)
+            return engine.build(functools.partial(evaluate, config, params, edge_chunk=edge_chunk), spec)
 
         def blank(system, options):
             # init_fn with a stand-in potential: every field but the forces, without tracing
@@ -384,6 +389,6 @@ _padded = jax.jit(nl.padded, static_argnums=0)
 
 
 @functools.lru_cache(maxsize=32)
-def _compiled(engine, config, spec) -> _Functions:
-    return _Functions(engine, config, spec)
+def _compiled(engine, config, spec, edge_chunk) -> _Functions:
+    return _Functions(engine, config, spec, edge_chunk)
 

@@ -116,6 +116,7 @@ def md(
     skin: float = 0.5,
     budget: Budget | None = None,
     progress: bool = False,
+    matmul_precision: str = "highest",
 ) -> list[Result]:
     """Run ``steps`` of MD on every structure, batched on the device; results in input order.
 
@@ -129,6 +130,8 @@ def md(
             total momentum); None keeps each structure's own velocities.
         interval: steps between log entries (Result.log: energies, temperature, volume).
         budget: batch sizes (default mlip.sim.batcher.Budget); its chunk is set to ``interval``.
+        matmul_precision: of float32 matmuls (mlip.sim.batcher.run): "highest" (full float32)
+            or, for speed at lower accuracy on GPUs, "default" (TF32).
 
     Returns:
         one Result per structure: final atoms with velocities and a SinglePointCalculator,
@@ -146,4 +149,5 @@ def md(
         None if init_temperature is None else float(init_temperature), int(interval),
     )
     budget = dataclasses.replace(budget or Budget(), chunk=interval)
-    return run(potential, structures, engine, skin=skin, budget=budget, progress=progress)
+    return run(potential, structures, engine, skin=skin, budget=budget, progress=progress,
+               matmul_precision=matmul_precision)

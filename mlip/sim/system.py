@@ -22,6 +22,7 @@ import numpy as np
 from ase.geometry import complete_cell
 
 from mlip.data.graph import GraphBatch
+from mlip.nn.message_passing import DEFAULT_EDGE_CHUNK
 from mlip.potential import PotentialOutput, compute
 from mlip.sim import neighbors as nl
 
@@ -173,9 +174,10 @@ def graph_batch(system: System) -> GraphBatch:
     )
 
 
-def evaluate(config, params, system: System) -> PotentialOutput:
-    """Energy [G] (eV), forces [N, 3] (eV/Å) and stress [G, 3, 3] (eV/Å^3) of ``system``."""
-    return compute(config, params, graph_batch(system))
+def evaluate(config, params, system: System, edge_chunk: int | None = DEFAULT_EDGE_CHUNK) -> PotentialOutput:
+    """Energy [G] (eV), forces [N, 3] (eV/Å) and stress [G, 3, 3] (eV/Å^3) of ``system``
+    (``edge_chunk``: see mlip.potential.Potential)."""
+    return compute(config, params, graph_batch(system), edge_chunk)
 
 
 def moved(system: System, positions, cell, spec: nl.NeighborSpec) -> System:
