@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 from pathlib import Path
 
 import ase
@@ -33,10 +34,22 @@ DEFAULT_CACHE_DIR = Path(os.environ.get("MLIP_CACHE_DIR", Path.home() / ".cache"
 
 
 def enable_compilation_cache(directory=DEFAULT_CACHE_DIR) -> None:
-    """Turn on JAX's persistent compilation cache in ``directory`` unless one is already set."""
+    """Turn on JAX's persistent compilation cache in ``directory`` unless one is already set.
+
+    The cache only saves time, so it never stops a run: a directory that cannot be created or
+    written (read-only, a file in the way) leaves it off with a warning, and an entry JAX
+    cannot read is compiled afresh (JAX warns; ``jax_raise_persistent_cache_errors`` stays off).
+    """
     if jax.config.jax_compilation_cache_dir:
         return
-    Path(directory).mkdir(parents=True, exist_ok=True)
+    try:
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except OSError as exc:
+        log.warning("compilation cache off: cannot write %s (%s); every run compiles afresh", directory, exc)
+        return
+    jax.config.update("jax_raise_persistent_cache_errors", False)
     jax.config.update("jax_compilation_cache_dir", str(directory))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
