@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 from pathlib import Path
 
 import ase
@@ -18,14 +19,13 @@ import jax
 import numpy as np
 from ase.calculators.calculator import Calculator as AseCalculator
 from ase.calculators.calculator import all_changes
-from ase.geometry import complete_cell
 from ase.stress import full_3x3_to_voigt_6_stress
 
-from mlip.data.frame import check_min_distance, frame_from_atoms, validate_frame
+from mlip.data.frame import check_min_distance, completed_cell, frame_from_atoms, validate_frame
 from mlip.data.graph import Graph, collate
 from mlip.data.neighbors import Edges, edge_vectors_numpy, neighbor_list
 from mlip.data.padding import BucketLadder
-from mlip.potential import Potential
+from mlip.potential import Potential, Prediction, check_finite
 
 log = logging.getLogger("mlip.calculator")
 
@@ -34,10 +34,22 @@ DEFAULT_CACHE_DIR = Path(os.environ.get("MLIP_CACHE_DIR", Path.home() / ".cache"
 
 
 def enable_compilation_cache(directory=DEFAULT_CACHE_DIR) -> None:
-    """Turn on JAX's persistent compilation cache in ``directory`` unless one is already set."""
+    """Turn on JAX's persistent compilation cache in ``directory`` unless one is already set.
+
+    The cache only saves time, so it never stops a run: a directory that cannot be created or
+    written (read-only, a file in the way) leaves it off with a warning, and an entry JAX
+    cannot read is compiled afresh (JAX warns; ``jax_raise_persistent_cache_errors`` stays off).
+    """
     if jax.config.jax_compilation_cache_dir:
         return
-    Path(directory).mkdir(parents=True, exist_ok=True)
+    try:
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except OSError as exc:
+        log.warning("compilation cache off: cannot write %s (%s); every run compiles afresh", directory, exc)
+        return
+    jax.config.update("jax_raise_persistent_cache_errors", False)
     jax.config.update("jax_compilation_cache_dir", str(directory))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
@@ -62,7 +74,7 @@ class SkinNeighborList:
 
     def edges(self, atoms: ase.Atoms):
         """(senders, receivers, shifts) valid for ``atoms`` now (see the class docstring)."""
-        cell = complete_cell(atoms.cell.array)
+        cell = completed_cell(atoms.cell.array, atoms.pbc)
         fractional = np.linalg.solve(cell.T, atoms.positions.T).T
         if self._stale(atoms, cell, fractional):
             self._edges = neighbor_list(atoms.positions, atoms.cell.array, atoms.pbc, self.cutoff + self.skin)
@@ -142,12 +154,17 @@ class Calculator(AseCalculator):
         with jax.default_matmul_precision("highest"):
             out = self.potential(collate([graph], *shape, labels=False))
         n = len(atoms)
-        energy = float(out.energy[0])
+        result = check_finite(Prediction(
+            energy=float(out.energy[0]),
+            energies=np.asarray(out.energies[:n], dtype=np.float64),
+            forces=np.asarray(out.forces[:n], dtype=np.float64),
+            stress=np.asarray(out.stress[0], np.float64) if atoms.pbc.all() else None,
+        ), frame)
         self.results = {
-            "energy": energy,
-            "free_energy": energy,
-            "forces": np.asarray(out.forces[:n], dtype=np.float64),
-            "energies": np.asarray(out.energies[:n], dtype=np.float64),
+            "energy": result.energy,
+            "free_energy": result.energy,
+            "forces": result.forces,
+            "energies": result.energies,
         }
-        if self.compute_stress and atoms.pbc.all():
-            self.results["stress"] = full_3x3_to_voigt_6_stress(np.asarray(out.stress[0], np.float64))
+        if self.compute_stress and result.stress is not None:
+            self.results["stress"] = full_3x3_to_voigt_6_stress(result.stress)

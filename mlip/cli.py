@@ -132,17 +132,30 @@ def _cmd_create(args) -> None:
     )
 
 
+def load_model(path, dtype: str | None = None):
+    """The potential saved at ``path``, cast to ``dtype`` (None: as saved). Switches JAX's x64
+    mode on first when the file or ``dtype`` asks for float64, as every command must."""
+    import jax
+
+    from mlip.potential import Potential, saved_dtype
+
+    if "float64" in (dtype, saved_dtype(path)):
+        jax.config.update("jax_enable_x64", True)
+    potential = Potential.load(path)
+    return potential if dtype in (None, potential.dtype) else potential.astype(dtype)
+
+
 def _cmd_predict(args) -> None:
     import numpy as np
 
-    from mlip.data.readers import read_frames
-    from mlip.potential import Potential
+    from mlip.data.readers import ReadReport, read_frames
     from mlip.units import EV_PER_A3_TO_GPA
 
-    potential = Potential.load(args.model)
-    options = _read_options(args)
-    frames = list(read_frames(args.structure, require_labels=False, **options))
-    for frame, result in zip(frames, potential.predict(frames)):
+    potential = load_model(args.model, args.dtype)
+    report = ReadReport()
+    frames = read_frames(args.structure, require_labels=False, report=report, **_read_options(args))
+    # Streamed: each batch is printed as soon as it is computed, in bounded memory.
+    for frame, result in potential.predict_frames(frames, max_nodes=args.batch_nodes):
         line = (
             f"frame {frame.index}: {frame.n_atoms} atoms, energy {result.energy:.6f} eV "
             f"({result.energy / frame.n_atoms:.6f} eV/atom), max |F| "
@@ -151,7 +164,10 @@ def _cmd_predict(args) -> None:
         if result.stress is not None:
             pressure = -np.trace(result.stress) / 3 * EV_PER_A3_TO_GPA
             line += f", pressure {pressure:.4f} GPa"
-        print(line)
+        print(line, flush=True)
+    if report.read == 0:
+        skipped = f" (skipped {report.skipped} bad frames)" if report.skipped else ""
+        raise MlipError(f"{args.structure}: no structure found{skipped}")
 
 
 def _cmd_evaluate(args) -> None:
@@ -161,9 +177,8 @@ def _cmd_evaluate(args) -> None:
     from mlip.data.readers import ReadReport
     from mlip.evaluate import evaluate, open_data
     from mlip.fileio import atomic_write_bytes
-    from mlip.potential import Potential
 
-    potential = Potential.load(args.model)
+    potential = load_model(args.model, args.dtype)
     report = ReadReport()
     frames, total = open_data(args.data, potential, report=report, **_read_options(args))
     start = time.perf_counter()
@@ -182,8 +197,10 @@ def _cmd_evaluate(args) -> None:
 
 
 def _read_structures(args) -> list:
-    """The structures of args.structure selected by --index, as ase.Atoms without labels; the
-    bundled structure and model stand in for those not given."""
+    """The structures of args.structure selected by --index, as ase.Atoms without labels, each
+    with its frame index in the file as ``info["source_frame"]`` (messages and outputs name
+    it, so that frames skipped with --on-error skip do not shift the count); the bundled
+    structure and model stand in for those not given."""
     from mlip.data.readers import read_frames
 
     if args.structure is None:
@@ -196,6 +213,7 @@ def _read_structures(args) -> list:
     for frame in read_frames(args.structure, require_labels=False, **_read_options(args)):
         atoms = frame.to_atoms()
         atoms.calc = None  # input labels must not pass for results
+        atoms.info["source_frame"] = frame.index
         structures.append(atoms)
     if not structures:
         raise MlipError(f"{args.structure}: no structure found")
@@ -205,24 +223,16 @@ def _read_structures(args) -> list:
 def _attach_calculator(atoms, args):
     from mlip.calculator import Calculator
 
-    atoms.calc = Calculator(args.model, dtype=args.dtype)
+    atoms.calc = Calculator(load_model(args.model, args.dtype))
     return atoms
 
 
 def _load_potential(args):
     """The potential of --model (cast to --dtype) for the batched engine of mlip.sim."""
-    import jax
-
     from mlip.calculator import enable_compilation_cache
-    from mlip.potential import Potential
 
-    if args.dtype == "float64":
-        jax.config.update("jax_enable_x64", True)
     enable_compilation_cache()
-    potential = Potential.load(args.model)
-    if args.dtype is not None and args.dtype != potential.dtype:
-        potential = potential.astype(args.dtype)
-    return potential
+    return load_model(args.model, args.dtype)
 
 
 def _refuse_single_structure_options(args, structures, **unsupported) -> None:
@@ -233,12 +243,18 @@ def _refuse_single_structure_options(args, structures, **unsupported) -> None:
                             f"{len(structures)} (choose one with --index)")
 
 
+def _frame_name(args, atoms) -> str:
+    return f"{args.structure}, frame {atoms.info['source_frame']}"
+
+
 def _cmd_relax(args) -> None:
-    from mlip.simulate import relax, summary, write_structure
+    from mlip.simulate import check_cell_relaxable, relax, summary, write_structure
 
     if args.pressure and not args.cell:
         raise MlipError("--pressure applies to the cell: add --cell")
     structures = _read_structures(args)
+    for atoms in structures if args.cell else ():  # before any output is written, on both paths
+        check_cell_relaxable(atoms, _frame_name(args, atoms))
     # Next to the input, except for the bundled structure: never write into the installed package.
     folder = Path.cwd() if args.structure == bundled_structure() else args.structure.parent
     output = args.output or folder / (args.structure.stem + "-relaxed.extxyz")
@@ -273,10 +289,11 @@ def _relax_many(args, structures, output) -> None:
     results = sim.relax(potential, structures, fmax=args.fmax, relax_cell=args.cell, max_steps=args.steps,
                         pressure=args.pressure, budget=sim.Budget(max_atoms=args.batch_atoms), progress=not args.quiet)
     seconds = time.perf_counter() - start
-    for k, result in enumerate(results):
+    for result in results:
         result.atoms.info.update(relax_status=result.status, relax_steps=result.steps)
         if not result.converged:
-            print(f"structure {k}: {result.status} after {result.steps} steps {result.message}".rstrip())
+            print(f"{_frame_name(args, result.atoms)}: {result.status} after {result.steps} steps "
+                  f"{result.message}".rstrip())
     write_structure([r.atoms for r in results], output)
     converged = sum(r.converged for r in results)
     atom_steps = sum(r.steps * len(r.atoms) for r in results)
@@ -300,6 +317,7 @@ def _cmd_md(args) -> None:
         atoms, ensemble=args.ensemble, temperature=args.temperature, timestep=args.timestep,
         steps=args.steps, pressure=args.pressure, friction=args.friction, seed=args.seed,
         interval=args.interval, trajectory=args.traj, logfile=args.log, progress=not args.quiet,
+        max_drift=args.max_drift or None,
     )
     if args.output:
         write_structure(atoms, args.output)
@@ -323,20 +341,22 @@ def _md_many(args, structures) -> None:
         potential, structures, ensemble=args.ensemble, steps=args.steps, timestep=args.timestep,
         temperature=args.temperature, init_temperature=args.temperature, pressure=args.pressure,
         friction=args.friction, tau=100 * args.timestep, tau_p=1000 * args.timestep, seed=args.seed,
-        interval=args.interval, budget=sim.Budget(max_atoms=args.batch_atoms), progress=not args.quiet,
+        interval=args.interval, max_drift=args.max_drift or None, budget=sim.Budget(max_atoms=args.batch_atoms),
+        progress=not args.quiet,
     )
     seconds = time.perf_counter() - start
     if args.log:
-        lines = ["structure step potential_energy_eV kinetic_energy_eV conserved_eV temperature_K volume_A3"]
-        for k, result in enumerate(results):
-            lines += [f"{k} {e['steps']} {e['potential_energy']:.6f} {e['kinetic_energy']:.6f} {e['conserved']:.6f} "
+        lines = ["frame step potential_energy_eV kinetic_energy_eV conserved_eV temperature_K volume_A3"]
+        for result in results:
+            lines += [f"{result.atoms.info['source_frame']} {e['steps']} {e['potential_energy']:.6f} {e['kinetic_energy']:.6f} {e['conserved']:.6f} "
                       f"{e['temperature']:.2f} {e['volume']:.4f}" for e in result.log]
         atomic_write_bytes(args.log, ("\n".join(lines) + "\n").encode())
     if args.output:
         write_structure([r.atoms for r in results], args.output)
-    failed = [(k, r) for k, r in enumerate(results) if not r.converged]
-    for k, result in failed:
-        print(f"structure {k}: {result.status} after {result.steps} steps {result.message}".rstrip())
+    failed = [r for r in results if not r.converged]
+    for result in failed:
+        print(f"{_frame_name(args, result.atoms)}: {result.status} after {result.steps} steps "
+              f"{result.message}".rstrip())
     atom_steps = sum(r.steps * len(r.atoms) for r in results)
     print(f"{len(results)} structures, {args.steps} steps of {args.ensemble} in {seconds:.1f} s: "
           f"{len(results) / seconds:.3f} structures/s, {atom_steps / seconds:.4g} atom-steps/s")
@@ -467,6 +487,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     predict.add_argument("model", type=Path, help="potential file (from mlip create or training)")
     predict.add_argument("structure", type=Path, help="structure file (any supported format)")
+    predict.add_argument("--dtype", choices=["float32", "float64"], default=None, help="cast the potential (default: as saved)")
+    predict.add_argument("--batch-nodes", type=int, default=1024, help="atoms per batch (default 1024)")
     _add_read_options(predict)
     predict.set_defaults(run=_cmd_predict)
     evaluate = commands.add_parser(
@@ -482,6 +504,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--batch-nodes", type=int, default=1024, help="atoms per batch (default 1024)")
     evaluate.add_argument("--batch-edges", type=int, default=None, help="edges per batch (default 48 per atom)")
     evaluate.add_argument("--json", type=Path, help="also write the metrics to this JSON file")
+    evaluate.add_argument("--dtype", choices=["float32", "float64"], default=None, help="cast the potential (default: as saved)")
     evaluate.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     _add_read_options(evaluate)
     evaluate.set_defaults(run=_cmd_evaluate)
@@ -524,6 +547,9 @@ def build_parser() -> argparse.ArgumentParser:
     md.add_argument("--friction", type=float, default=0.01, help="1/fs (nvt-langevin)")
     md.add_argument("--seed", type=int, default=0, help="seed of the initial velocities")
     md.add_argument("--interval", type=int, default=10, help="steps between log lines and frames")
+    md.add_argument("--max-drift", type=float, default=1.0,
+                    help="eV/atom: a run whose conserved energy drifts further (checked every --interval "
+                    "steps) has blown up and fails (default 1; 0: no check)")
     md.add_argument("--traj", type=Path, help="one structure: trajectory file (.traj)")
     md.add_argument("--log", type=Path, help="log file (one structure: ASE MDLogger columns; several: one "
                     "line per structure and interval)")

@@ -23,9 +23,8 @@ from ase.data import chemical_symbols
 from tqdm.auto import tqdm
 
 from mlip.data.frame import Frame
-from mlip.data.graph import Graph, GraphBatch, build_graph, collate
-from mlip.data.loader import pack_graphs
-from mlip.data.padding import BucketLadder
+from mlip.data.graph import Graph, GraphBatch, build_graph
+from mlip.data.loader import padded_batches
 from mlip.data.readers import read_frames
 from mlip.data.shards import ShardedDataset
 from mlip.errors import DataError, MlipError
@@ -214,9 +213,8 @@ def evaluate(
     graphs = (_checked_graph(potential, frame) for frame in frames)
     metrics, previous = Metrics(), None
     with tqdm(total=total, unit=" frames", desc="evaluating", disable=not progress, delay=1.0) as bar:
-        for group in pack_graphs(graphs, max_nodes, max_edges, max_graphs):
-            batch = collate(group, *_padded_shape(group, max_nodes, max_edges, max_graphs))
-            current = (batch, potential(batch._replace(labels=None)))  # dispatched asynchronously
+        for group, batch in padded_batches(graphs, max_nodes, max_edges, max_graphs):
+            current = (group, batch, potential(batch._replace(labels=None)))  # dispatched asynchronously
             if previous is not None:  # the host reads the last batch while this one runs
                 metrics.update(*_to_host(previous))
             previous = current
@@ -234,21 +232,17 @@ def _checked_graph(potential: Potential, frame: Frame) -> Graph:
     return build_graph(frame, potential.config.r_cut)
 
 
-def _padded_shape(group: list[Graph], max_nodes: int, max_edges: int, max_graphs: int) -> tuple[int, int, int]:
-    """Nodes and edges on the budget's ladder (full batches share its top rung); graphs always
-    at the budget, since graph slots cost next to nothing and so save compiled shapes. A lone
-    structure over the budget gets a shape of its own."""
-    nodes, edges = sum(g.n_node for g in group), sum(g.n_edge for g in group)
-    over = nodes > max_nodes or edges > max_edges
-    ladder = BucketLadder() if over else BucketLadder.for_budget(max_nodes, max_edges, max_graphs)
-    n_node, n_edge, _ = ladder.shape_for(nodes, edges, len(group))
-    return n_node, n_edge, max_graphs + 1
-
-
-def _to_host(pair: tuple[GraphBatch, PotentialOutput]) -> tuple[GraphBatch, PotentialOutput]:
-    """Wait for the output and copy it to numpy (errors against the float64 labels are float64)."""
-    batch, output = pair
-    return batch, PotentialOutput(*map(np.asarray, output))
+def _to_host(pending: tuple[list[Graph], GraphBatch, PotentialOutput]) -> tuple[GraphBatch, PotentialOutput]:
+    """Wait for the output and copy it to numpy (errors against the float64 labels are float64).
+    A non-finite prediction is a DataError naming its frame: it would poison every metric."""
+    group, batch, output = pending
+    output = PotentialOutput(*map(np.asarray, output))
+    finite = np.isfinite(output.energy) & np.all(np.isfinite(output.stress), axis=(1, 2))
+    finite &= np.bincount(batch.node_graph, ~np.all(np.isfinite(output.forces), axis=1), len(finite)) == 0
+    for graph, ok in zip(group, finite):
+        if not ok:
+            raise graph.frame.error("the potential gave a non-finite energy, forces or stress (nan or inf)")
+    return batch, output
 
 
 def open_data(path, potential: Potential, *, report=None, **read_options) -> tuple[Iterable[Frame], int | None]:

@@ -18,7 +18,7 @@ import functools
 import json
 import zipfile
 from pathlib import Path
-from typing import Any, NamedTuple, Sequence
+from typing import Any, Iterable, Iterator, NamedTuple
 
 import ase
 
@@ -28,9 +28,9 @@ import jax.numpy as jnp
 import numpy as np
 
 import mlip
-from mlip.data.frame import Frame, frame_from_atoms
-from mlip.data.graph import GraphBatch, build_graph, collate, edge_vectors
-from mlip.data.padding import BucketLadder
+from mlip.data.frame import Frame, frame_from_atoms, validate_frame
+from mlip.data.graph import Graph, GraphBatch, build_graph, edge_vectors
+from mlip.data.loader import padded_batches
 from mlip.errors import MlipError
 from mlip.fileio import atomic_write_bytes, npz_bytes
 from mlip.models.config import FacetConfig, preset
@@ -171,30 +171,51 @@ class Potential:
         )
         return _jitted(self.config, self.edge_chunk)(self.params, batch)
 
-    def predict(self, structures: Sequence[Frame | ase.Atoms]) -> list[Prediction]:
-        """Energy, per-atom energies, forces and stress of each structure (one padded batch).
+    def predict(self, structures: Iterable[Frame | ase.Atoms], **budget) -> list[Prediction]:
+        """Energy, per-atom energies, forces and stress of each structure, in input order.
 
-        Stress is None for structures that are not periodic in all three directions.
+        Stress is None for structures that are not periodic in all three directions. Batched
+        with bounded memory as `predict_frames` (``budget``: its max_nodes, max_edges,
+        max_graphs).
         """
-        frames = [s if isinstance(s, Frame) else frame_from_atoms(s) for s in structures]
-        graphs = [build_graph(f, self.config.r_cut) for f in frames]
-        shape = BucketLadder().shape_for(
-            sum(g.n_node for g in graphs), sum(g.n_edge for g in graphs), len(graphs)
-        )
-        out = jax.tree.map(np.asarray, self(collate(graphs, *shape, labels=False)))
-        results, start = [], 0
-        for g, frame in enumerate(frames):
-            atoms = slice(start, start + frame.n_atoms)
-            start += frame.n_atoms
-            results.append(
-                Prediction(
+        return [prediction for _, prediction in self.predict_frames(structures, **budget)]
+
+    def predict_frames(
+        self, structures: Iterable[Frame | ase.Atoms], *, max_nodes: int = 1024, max_edges: int | None = None,
+        max_graphs: int = 256,
+    ) -> Iterator[tuple[Frame, Prediction]]:
+        """Stream (frame, prediction) for each structure (any iterable, read once), in order.
+
+        Structures are validated (DataError naming the frame for NaN positions, a singular
+        cell, ...) and packed into batches of at most ``max_nodes`` atoms, ``max_edges`` edges
+        (default 48 per atom) and ``max_graphs`` structures (mlip.data.loader.padded_batches),
+        so memory stays bounded whatever the number of structures. A non-finite energy, force
+        or stress is a DataError naming the frame, never a silent nan.
+        """
+        max_edges = 48 * max_nodes if max_edges is None else max_edges
+        graphs = (self._graph(s, k) for k, s in enumerate(structures))
+        for group, batch in padded_batches(graphs, max_nodes, max_edges, max_graphs, labels=False):
+            out = jax.tree.map(np.asarray, self(batch))
+            start = 0
+            for g, graph in enumerate(group):
+                atoms = slice(start, start + graph.n_node)
+                start += graph.n_node
+                prediction = Prediction(
                     energy=float(out.energy[g]),
                     energies=out.energies[atoms],
                     forces=out.forces[atoms],
                     stress=out.stress[g] if out.stress_mask[g] else None,
                 )
-            )
-        return results
+                yield graph.frame, check_finite(prediction, graph.frame)
+
+    def _graph(self, structure: Frame | ase.Atoms, index: int) -> Graph:
+        frame = structure if isinstance(structure, Frame) else frame_from_atoms(structure, index=index)
+        validate_frame(frame, close_atoms="ignore")
+        try:
+            self.check_species(frame.numbers)
+        except MlipError as exc:
+            raise frame.error(str(exc)) from None
+        return build_graph(frame, self.config.r_cut)
 
     def check_species(self, numbers) -> None:
         """Raise MlipError naming any element the potential was not trained on."""
@@ -222,6 +243,16 @@ class Potential:
         from mlip.registry import resolve_model
 
         return load_potential(resolve_model(name_or_path))
+
+
+def check_finite(prediction: Prediction, frame: Frame) -> Prediction:
+    """``prediction`` unchanged, or a DataError naming ``frame`` if any value is nan or inf
+    (a potential pushed far outside its training data, or corrupt parameters)."""
+    for name in ("energy", "forces", "stress"):
+        value = getattr(prediction, name)
+        if value is not None and not np.all(np.isfinite(value)):
+            raise frame.error(f"the potential gave a non-finite {name} (nan or inf)")
+    return prediction
 
 
 def _check_dtype(dtype: str) -> None:
@@ -266,22 +297,41 @@ def save_potential(potential: Potential, path) -> None:
     atomic_write_bytes(path, npz_bytes({"__header__": np.array(json.dumps(header)), **arrays}))
 
 
-def load_potential(path) -> Potential:
-    """Read a file written by `Potential.save`; clear MlipError for anything else."""
-    path = Path(path)
+def saved_dtype(path) -> str:
+    """The dtype ("float32" or "float64") a potential file was saved in, from its header alone
+    (so that a program can switch JAX's x64 mode on before loading a float64 model)."""
+    header, _ = _read_potential_file(Path(path), arrays=False)
+    return header.get("dtype", "float32")
+
+
+def _read_potential_file(path: Path, *, arrays: bool) -> tuple[dict, dict[str, np.ndarray]]:
+    """(header, parameter arrays by npz key) of a potential file; MlipError for anything else."""
+    if path.is_dir():
+        raise MlipError(f"{path}: is a directory, not a potential file")
     if not path.is_file():
         raise MlipError(f"{path}: no such potential file")
+    if not zipfile.is_zipfile(path):  # np.load would try to unpickle it (and mention allow_pickle)
+        raise MlipError(f"{path}: not a readable mlip potential file (corrupt, truncated or another format)")
     try:
         with np.load(path, allow_pickle=False) as archive:
-            contents = {k: archive[k] for k in archive.files}
+            if "__header__" not in archive.files:
+                raise MlipError(f"{path}: not an mlip potential file (no header)")
+            text = str(archive["__header__"])
+            contents = {k: archive[k] for k in archive.files if k != "__header__"} if arrays else {}
     except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
         raise MlipError(f"{path}: not a readable mlip potential file (corrupt or truncated: {exc})") from None
-    if "__header__" not in contents:
-        raise MlipError(f"{path}: not an mlip potential file (no header)")
     try:
-        header = json.loads(str(contents.pop("__header__")))
+        header = json.loads(text)
     except json.JSONDecodeError as exc:
         raise MlipError(f"{path}: corrupt header ({exc})") from None
+    return header, contents
+
+
+def load_potential(path) -> Potential:
+    """Read a file written by `Potential.save`; clear MlipError for anything else (including
+    parameters that are nan or inf, as a diverged training run would leave)."""
+    path = Path(path)
+    header, contents = _read_potential_file(path, arrays=True)
     if header.get("format") != FORMAT:
         raise MlipError(f"{path}: not an mlip potential file (format {header.get('format')!r})")
     if header.get("format_version") != FORMAT_VERSION:
@@ -303,5 +353,7 @@ def load_potential(path) -> Potential:
     for key, value in template.items():
         if loaded[key].shape != value.shape:
             raise MlipError(f"{path}: parameter {key} has shape {loaded[key].shape}, config expects {value.shape}")
+        if not np.all(np.isfinite(loaded[key])):
+            raise MlipError(f"{path}: parameter {key} contains nan or inf (saved from a diverged run?)")
     params = flax.traverse_util.unflatten_dict({k: jnp.asarray(v, dtype) for k, v in loaded.items()}, sep="/")
     return Potential(config, params, dtype)

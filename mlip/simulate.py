@@ -3,8 +3,10 @@ what `mlip relax` and `mlip md` run. Outputs are written atomically; progress is
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
+import warnings
 from pathlib import Path
 
 import ase
@@ -69,25 +71,46 @@ def relax(
     the external ``pressure`` (GPa). Returns whether it converged within ``steps``."""
     if optimizer not in OPTIMIZERS:
         raise MlipError(f"unknown optimizer {optimizer!r}; choose one of {sorted(OPTIMIZERS)}")
+    if relax_cell:
+        check_cell_relaxable(atoms)
     target = FrechetCellFilter(atoms, scalar_pressure=pressure / EV_PER_A3_TO_GPA) if relax_cell else atoms
     dynamics = OPTIMIZERS[optimizer](target, logfile=None, trajectory=None)
     writer = Trajectory(str(trajectory), "w", atoms) if trajectory else None
     bar = tqdm(total=steps, desc="relax", unit="step", disable=not progress, mininterval=1.0)
     try:
-        for converged in dynamics.irun(fmax=fmax, steps=steps):
-            if writer is not None:
-                writer.write()
-            forces = target.get_forces()
-            bar.set_postfix_str(f"E={atoms.get_potential_energy():.4f} eV fmax={np.linalg.norm(forces, axis=1).max():.4f}", refresh=False)
-            bar.update(1)
-            if converged:
-                break
+        with _quiet_cell_filter():
+            for converged in dynamics.irun(fmax=fmax, steps=steps):
+                if writer is not None:
+                    writer.write()
+                forces = target.get_forces()
+                bar.set_postfix_str(f"E={atoms.get_potential_energy():.4f} eV fmax={np.linalg.norm(forces, axis=1).max():.4f}", refresh=False)
+                bar.update(1)
+                if converged:
+                    break
     finally:
         bar.close()
         if writer is not None:
             writer.close()
     log.info("relaxation %s after %d steps", "converged" if converged else "did NOT converge", dynamics.nsteps)
     return bool(converged)
+
+
+def check_cell_relaxable(atoms: ase.Atoms, name: str = "the structure") -> None:
+    """MlipError unless ``atoms`` is periodic in all three directions: a cell relaxation needs
+    the stress, which a slab, wire or molecule does not have (relax its atoms only)."""
+    if not atoms.pbc.all():
+        raise MlipError(f"{name} is not periodic in all three directions (pbc={''.join('FT'[int(p)] for p in atoms.pbc)}): "
+                        "a cell relaxation needs a 3-d periodic structure; relax the atoms only (without --cell)")
+
+
+@contextlib.contextmanager
+def _quiet_cell_filter():
+    """Within: the cell filter's matrix logarithm (scipy.linalg.logm) does not warn that its
+    result "may be inaccurate" at errors of ~1e-12 on every step (harmless; it buried the
+    output of every cell relaxation)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="logm result may be inaccurate", category=RuntimeWarning)
+        yield
 
 
 def make_dynamics(atoms: ase.Atoms, ensemble: str, *, temperature: float, timestep: float, pressure: float, friction: float, seed: int):
@@ -109,6 +132,22 @@ def make_dynamics(atoms: ase.Atoms, ensemble: str, *, temperature: float, timest
     raise MlipError(f"unknown ensemble {ensemble!r}; choose one of {ENSEMBLES}")
 
 
+def _conserved_energy(dynamics, atoms: ase.Atoms):
+    """A function returning the conserved energy (eV) of ``dynamics``, or None (Langevin)."""
+    if hasattr(dynamics, "get_conserved_energy"):
+        return dynamics.get_conserved_energy
+    if isinstance(dynamics, VelocityVerlet):
+        return atoms.get_total_energy
+    return None
+
+
+def _check_drift(drift: float, n_atoms: int, max_drift: float, step: int) -> None:
+    per_atom = abs(drift) / max(n_atoms, 1)
+    if not per_atom <= max_drift:  # nan drifts too
+        raise MlipError(f"md: the conserved energy drifted by {per_atom:.3g} eV/atom by step {step} (more than "
+                        f"--max-drift {max_drift} eV/atom): the timestep is too long or the potential broke down")
+
+
 def run_md(
     atoms: ase.Atoms,
     *,
@@ -123,10 +162,14 @@ def run_md(
     trajectory: Path | None = None,
     logfile: Path | None = None,
     progress: bool = True,
+    max_drift: float | None = 1.0,
 ) -> dict:
     """Molecular dynamics of ``atoms`` (calculator attached), velocities drawn at ``temperature``
     K. Logs every ``interval`` steps (ASE MDLogger format) and writes the trajectory. Returns
-    throughput figures: ns/day and atom-steps/s."""
+    throughput figures: ns/day and atom-steps/s. Every ``interval`` steps the conserved energy
+    (nve: potential + kinetic; nvt and npt: ASE's extended energy; nvt-langevin has none) is
+    compared with its start: a drift over ``max_drift`` eV/atom (a blown-up run) is an
+    MlipError (None: no check)."""
     MaxwellBoltzmannDistribution(atoms, temperature_K=temperature, rng=np.random.default_rng(seed))
     Stationary(atoms)
     dynamics = make_dynamics(atoms, ensemble, temperature=temperature, timestep=timestep, pressure=pressure, friction=friction, seed=seed)
@@ -136,11 +179,15 @@ def run_md(
     if writer is not None:
         dynamics.attach(writer.write, interval=interval)
     bar = tqdm(total=steps, desc=f"md {ensemble}", unit="step", disable=not progress, mininterval=1.0)
+    conserved = _conserved_energy(dynamics, atoms)
+    start_energy = conserved() if conserved and max_drift is not None else None
     start = time.perf_counter()
     try:
         for done in range(0, steps, interval):
             chunk = min(interval, steps - done)
             dynamics.run(chunk)
+            if start_energy is not None:
+                _check_drift(conserved() - start_energy, len(atoms), max_drift, done + chunk)
             elapsed = time.perf_counter() - start
             ns_per_day = (done + chunk) * timestep * 1e-6 / elapsed * 86400
             bar.set_postfix_str(f"T={atoms.get_temperature():.0f} K, {ns_per_day:.3f} ns/day", refresh=False)

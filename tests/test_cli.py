@@ -141,5 +141,46 @@ def test_relax_and_md_of_many_structures_run_batched(tiny_model, tmp_path, capsy
     code = main(["md", str(source), "--model", str(tiny_model), "--ensemble", "nvt-langevin", "--steps", "10",
                  "--interval", "5", "--log", str(log), "-o", str(tmp_path / "final.extxyz"), "-q"])
     assert code == 0 and "atom-steps/s" in capsys.readouterr().out
-    assert len(log.read_text().splitlines()) == 1 + 2 * 2  # header + 2 structures x steps 5, 10
+    assert len(log.read_text().splitlines()) == 1 + 2 * 3  # header + 2 structures x steps 0, 5, 10
     assert len(ase.io.read(tmp_path / "final.extxyz", ":")) == 2
+
+
+def test_cell_relaxation_of_a_slab_is_refused_in_one_line_on_both_paths(tiny_model, tmp_path, capsys):
+    slab = bulk("Si", "diamond", a=5.43, cubic=True)
+    slab.center(vacuum=5.0, axis=2)
+    slab.pbc = (True, True, False)
+    for frames, name in (([slab], "slab.xyz"), ([slab, bulk("Si", "diamond", a=5.43)], "both.xyz")):
+        ase.io.write(tmp_path / name, frames)
+        assert main(["relax", str(tmp_path / name), "--model", str(tiny_model), "--cell", "-q"]) == 2
+        err = capsys.readouterr().err
+        assert f"{name}, frame 0 is not periodic in all three directions (pbc=TTF)" in err and "Traceback" not in err
+    assert not (tmp_path / "slab-relaxed.traj").exists() and not (tmp_path / "slab-relaxed.extxyz").exists()
+
+
+def test_skipped_frames_keep_their_file_index(tiny_model, tmp_path, capsys):
+    good = bulk("Si", "diamond", a=5.43)
+    good.rattle(0.05, seed=0)
+    bad = good.copy()
+    bad.positions[1] = bad.positions[0] + [0.1, 0, 0]
+    source = tmp_path / "three.xyz"
+    ase.io.write(source, [bad, good, good])
+    out = tmp_path / "relaxed.extxyz"
+    code = main(["relax", str(source), "--model", str(tiny_model), "--steps", "1", "--fmax", "1e-6",
+                 "--on-error", "skip", "-o", str(out), "-q"])
+    printed = capsys.readouterr().out
+    assert code == 2 and f"{source}, frame 1: not converged" in printed and f"{source}, frame 2: not" in printed
+    assert [a.info["source_frame"] for a in ase.io.read(out, ":")] == [1, 2]
+
+
+def test_cell_relaxation_does_not_flood_the_output_with_logm_warnings(tiny_model, recwarn):
+    import warnings
+
+    from mlip.calculator import Calculator
+    from mlip.simulate import relax
+
+    atoms = bulk("Si", "diamond", a=5.6, cubic=True)
+    atoms.rattle(0.05, seed=1)
+    atoms.calc = Calculator(tiny_model)
+    warnings.simplefilter("always")
+    relax(atoms, relax_cell=True, steps=10, progress=False)
+    assert not [w for w in recwarn if "logm" in str(w.message)]

@@ -452,3 +452,15 @@ def test_wrong_explicit_format(tmp_path):
     with pytest.raises(DataError, match="no materials found"):
         list(read_frames(path, format="mptrj", mptrj_energy=UNCORRECTED))
     assert list(read_frames(path)) == []  # an empty mlearn list is just empty
+
+
+def test_an_atom_count_one_too_low_is_blamed_on_its_own_frame(tmp_path):
+    from ase.build import bulk as _bulk
+
+    path = tmp_path / "short.xyz"
+    ase.io.write(path, [_bulk("Si", "diamond", a=5.43)] * 2)
+    lines = path.read_text().splitlines(keepends=True)
+    lines[0] = "1\n"  # frame 0 lists 2 atoms but says 1
+    path.write_text("".join(lines))
+    with pytest.raises(DataError, match=r"short.xyz, frame 0: more atom lines than its atom count says"):
+        list(read_frames(path, require_labels=False))

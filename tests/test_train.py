@@ -65,11 +65,28 @@ def tiny_config(tmp_path, train_file, **sections) -> TrainConfig:
         ({"data": {"train": "x.xyz"}, "model": {"scale": "big"}}, "model.scale must be 'auto'"),
         ({"data": {"train": "x.xyz"}, "loss": {"stages": [{"epoch": 3, "energy": 10}]}}, "loss.stages[0]: unknown key 'energy'"),
         ({"data": {"train": "x.xyz"}, "finetune": {"freeze": ["a"]}}, "finetune.from is required"),
+        ({"data": {"train": "x.xyz"}, "model": {"overrides": {"chanels": 8}}}, "model.overrides: unknown key 'chanels'"),
+        ({"data": {"train": "x.xyz"}, "model": {"overrides": {"r_cut": 4.0}}}, "model.overrides.r_cut: set model.r_cut"),
+        ({"data": {"train": "x.xyz"}, "model": {"overrides": {"lmax": "two"}}}, "model.overrides.lmax: expected int"),
+        ({"data": {"train": "x.xyz"}, "seed": -1}, "seed must be >= 0"),
+        ({"data": {"train": "x.xyz"}, "model": {"r_cut": 0}}, "model.r_cut must be positive"),
+        ({"data": {"train": "x.xyz"}, "training": {"log_every": 0}}, "training.log_every must be >= 1"),
+        ({"data": {"train": "x.xyz"}, "optimizer": {"learning_rate": float("nan")}}, "learning_rate: expected a finite"),
+        ({"data": {"train": "x.xyz"}, "training": {"max_steps": -5}}, "training.max_steps must be >= 1 or null"),
+        ({"data": {"train": "x.xyz"}, "training": {"max_steps": 0}}, "training.max_steps must be >= 1 or null"),
+        ({"data": {"train": "x.xyz", "statistics_frames": 0}}, "data.statistics_frames must be >= 1"),
+        ({"data": {"train": "x.xyz", "close_atoms": "eror"}}, "data.close_atoms must be one of error, warn, ignore"),
     ],
 )
 def test_config_errors_name_the_key(values, message):
     with pytest.raises(MlipError, match=message.replace("[", r"\[").replace("]", r"\]")):
         TrainConfig.from_dict(values)
+
+
+def test_config_reads_exponent_strings_as_numbers(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("data: {train: x.xyz}\noptimizer: {learning_rate: 1e-3}\n")  # YAML 1.1: a string
+    assert load_config(path).optimizer.learning_rate == 0.001
 
 
 def test_config_round_trips_through_yaml(tmp_path):
@@ -178,8 +195,14 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path, lj_file):
     with pytest.raises(MlipError, match="differs from the run's in optimizer.learning_rate"):
         train(tiny_config(tmp_path / "b", lj_file, training={"epochs": 3}, optimizer={"learning_rate": 0.02}),
               resume=True, progress=False)
+    (tmp_path / "b" / "run" / "checkpoints" / ".tmp-killed-writer.npz").write_bytes(b"half")
     resumed = train(config, resume=True, progress=False)
     assert resumed.steps == whole.steps
+    assert not list((tmp_path / "b" / "run" / "checkpoints").glob(".tmp-*"))  # a killed write's leftover
+    # The interrupted epoch's train loss averages all of its steps, before and after the resume.
+    rows = [[json.loads(line) for line in (tmp_path / d / "run" / "metrics.jsonl").read_text().splitlines()]
+            for d in ("a", "b")]
+    assert [r["train_loss"] for r in rows[0]] == pytest.approx([r["train_loss"] for r in rows[1]], rel=1e-12)
     assert len(list_checkpoints(tmp_path / "b" / "run" / "checkpoints")) == 3  # keep_checkpoints
     for a, b in zip(jax.tree.leaves(whole.potential.params), jax.tree.leaves(resumed.potential.params)):
         np.testing.assert_array_equal(a, b)
@@ -190,6 +213,57 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path, lj_file):
     assert loop_a["step"] == loop_b["step"] and loop_a["epoch"] == loop_b["epoch"] == 3
 
 
+def test_every_split_is_checked_against_the_model_and_a_failed_start_can_restart(tmp_path, lj_file):
+    frames = lennard_jones_frames(np.random.default_rng(1), 3, 8, elements=(14, 32))
+    valid = write_data(tmp_path / "valid.xyz", frames)
+    config = tiny_config(tmp_path, lj_file, data={"valid": valid}, model={"species": ["Si"]})
+    with pytest.raises(MlipError, match="data.valid has element.s. Ge that the model does not have .Si."):
+        train(config, progress=False)
+    with pytest.raises(MlipError, match="no checkpoint to resume from .* start it afresh without --resume"):
+        train(config, resume=True, progress=False)
+    # The failed start left config.yaml and train.log but no checkpoint: it may start afresh.
+    with pytest.raises(MlipError, match="data.test has element"):
+        train(tiny_config(tmp_path, lj_file, data={"test": valid}), progress=False)
+    (tmp_path / "run" / "notes.txt").write_text("mine")
+    with pytest.raises(MlipError, match="holds files that are not a training run's .notes.txt."):
+        train(tiny_config(tmp_path, lj_file), progress=False)
+
+
+def test_non_finite_loss_stops_at_its_step_keeping_the_last_good_checkpoint(tmp_path, lj_file, monkeypatch):
+    from mlip.train import loop
+
+    make_train_step = loop.make_train_step
+
+    def poisoned(*args, **kwargs):  # the loss of the 3rd step is nan
+        step, calls = make_train_step(*args, **kwargs), []
+
+        def run(state, batch, weights, lr_factor):
+            state, metrics = step(state, batch, weights, lr_factor)
+            calls.append(1)
+            return state, {**metrics, "loss": float("nan")} if len(calls) == 3 else metrics
+        return run
+
+    monkeypatch.setattr(loop, "make_train_step", poisoned)
+    config = tiny_config(tmp_path, lj_file, training={"checkpoint_every": 1, "log_every": 10})
+    with pytest.raises(MlipError, match="training loss is nan at step 3: stopped; the last good checkpoint is .*ckpt-000000002"):
+        train(config, progress=False)
+    assert [p.name for p in list_checkpoints(tmp_path / "run" / "checkpoints")][-1] == "ckpt-000000002.npz"
+
+
+def test_files_with_and_without_stress_train_together(tmp_path):
+    frames = lennard_jones_frames(np.random.default_rng(2), 8, 8)
+    with_stress = write_data(tmp_path / "with.xyz", frames[:4])
+    for frame in frames[4:]:
+        frame.stress = None
+    without = write_data(tmp_path / "without.xyz", frames[4:])
+    config = tiny_config(tmp_path, [with_stress, without], loss={"stress_weight": 1.0}, training={"epochs": 1})
+    result = train(config, progress=False)  # no loss for the missing stresses (per-label masks)
+    assert result.steps > 0 and np.isfinite(result.valid_metrics["energy"]["mae"])
+    no_stress = tiny_config(tmp_path / "b", without, loss={"stress_weight": 1.0})
+    with pytest.raises(MlipError, match="no training frame has a stress label .key 'stress'."):
+        train(no_stress, progress=False)
+
+
 def _template(result):
     from mlip.train.config import OptimizerConfig
     from mlip.train.step import init_state, make_optimizer
@@ -198,12 +272,17 @@ def _template(result):
     return init_state(params, make_optimizer(OptimizerConfig(), params))
 
 
-def test_corrupt_checkpoint_is_named(tmp_path, lj_file):
-    config = tiny_config(tmp_path, lj_file, training={"epochs": 1})
-    train(config, progress=False)
-    (checkpoint,) = list_checkpoints(tmp_path / "run" / "checkpoints")
-    checkpoint.write_bytes(checkpoint.read_bytes()[:100])
-    with pytest.raises(MlipError, match="not a readable training checkpoint"):
+def test_corrupt_newest_checkpoint_falls_back_to_the_one_before(tmp_path, lj_file, caplog):
+    config = tiny_config(tmp_path, lj_file, training={"epochs": 2})
+    whole = train(config, progress=False)
+    first, newest = list_checkpoints(tmp_path / "run" / "checkpoints")
+    newest.write_bytes(newest.read_bytes()[:100])
+    resumed = train(config, resume=True, progress=False)  # redoes the second epoch
+    assert "skipping an unreadable checkpoint" in caplog.text and newest.name in caplog.text
+    assert resumed.steps == whole.steps
+    for path in list_checkpoints(first.parent):
+        path.write_bytes(b"garbage")
+    with pytest.raises(MlipError, match="no readable checkpoint to resume from"):
         train(config, resume=True, progress=False)
 
 

@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 import ase
 import numpy as np
+from ase.geometry import complete_cell
 
 from mlip.data.neighbors import Edges, edge_vectors_numpy, neighbor_list
 from mlip.errors import DataError
@@ -147,6 +148,15 @@ def frame_from_atoms(atoms: ase.Atoms, *, source=None, index=None) -> Frame:
     return make_frame(
         atoms.numbers, atoms.positions, atoms.cell.array, atoms.pbc, source=source, index=index
     )
+
+
+def completed_cell(cell, pbc) -> np.ndarray:
+    """float64 [3, 3]: ``cell`` with its rows along open (non-periodic) directions replaced by
+    unit vectors orthogonal to the periodic rows (ase.geometry.complete_cell). Invertible
+    whenever the periodic rows are independent (what validation checks), whatever the open
+    rows hold; energies never depend on those."""
+    rows = np.where(np.asarray(pbc, bool)[:, None], np.asarray(cell, np.float64).reshape(3, 3), 0.0)
+    return complete_cell(rows)
 
 
 def _float_array(values, shape, name, fail):

@@ -13,6 +13,11 @@ Padding layout (relied upon by every consumer):
   every norm of an edge vector must be NaN-safe, e.g. with a double ``where``);
 - padding graphs have an identity cell (finite volume) and pbc False;
 - masks say what is real; labels of padding entries are zero with ``has_*`` False.
+
+Positions in a batch are each structure's positions moved near the origin (wrapped into the
+cell along periodic directions, then centred), in float64 before any cast to the batch dtype:
+edge vectors are unchanged, and a structure far from the origin (1e6 Å) loses no precision in
+float32 (see `local_positions`).
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from typing import NamedTuple, Sequence
 import jax.numpy as jnp
 import numpy as np
 
-from mlip.data.frame import Frame
+from mlip.data.frame import Frame, completed_cell
 from mlip.data.neighbors import neighbor_list
 
 
@@ -47,6 +52,29 @@ def build_graph(frame: Frame, cutoff: float) -> Graph:
     """Radius graph of ``frame`` with cutoff ``cutoff`` (Å); see mlip.data.neighbors."""
     edges = neighbor_list(frame.positions, frame.cell, frame.pbc, cutoff)
     return Graph(frame, edges.senders, edges.receivers, edges.shifts)
+
+
+def local_positions(graph: Graph) -> tuple[np.ndarray, np.ndarray]:
+    """Positions float64 [n, 3] (Å) and shifts int32 [n_edges, 3] of ``graph`` with every atom
+    moved to its image inside the cell along periodic directions, then all translated so that
+    their mean is the origin. Every edge vector r_ij = p_j - p_i + s @ cell is unchanged (the
+    shift of an edge absorbs the images its atoms moved by), and so is the energy; only the
+    float64 -> float32 rounding of large coordinates is gone."""
+    frame = graph.frame
+    positions, shifts = frame.positions, graph.shifts
+    if not np.all(np.isfinite(positions)):
+        raise frame.error("positions contain NaN or inf")
+    if frame.pbc.any() and frame.n_atoms:
+        cell = completed_cell(frame.cell, frame.pbc)
+        images = np.floor(np.linalg.solve(cell.T, positions.T).T) * frame.pbc
+        if np.abs(images).max() >= 2**30:  # the shifts are int32
+            raise frame.error(f"positions are {np.abs(positions).max():.3g} Å from the origin, "
+                              "over 2^30 cells away: wrap them into the cell")
+        positions = positions - images @ cell
+        shifts = (shifts + images[graph.senders] - images[graph.receivers]).astype(np.int32)
+    if frame.n_atoms:
+        positions = positions - positions.mean(axis=0)
+    return positions, shifts
 
 
 class Labels(NamedTuple):
@@ -144,6 +172,7 @@ def collate(
         return out
 
     frames = [g.frame for g in graphs]
+    local = [local_positions(g) for g in graphs]
     senders = cat([g.senders + o for g, o in zip(graphs, offsets)], n_edge, pad_node, np.int32)
     receivers = cat([g.receivers + o for g, o in zip(graphs, offsets)], n_edge, pad_node, np.int32)
     graph_of_node = np.repeat(np.arange(real_graphs), nodes) if real_graphs else np.zeros(0)
@@ -155,13 +184,13 @@ def collate(
         [sizes, np.zeros(n_graph - real_graphs - 1), [total - sizes.sum()]]
     ).astype(np.int32)
     return GraphBatch(
-        positions=cat([f.positions for f in frames], (n_node, 3), 0.0, dtype),
+        positions=cat([positions for positions, _ in local], (n_node, 3), 0.0, dtype),
         numbers=cat([f.numbers for f in frames], n_node, 0, np.int32),
         node_graph=cat([graph_of_node], n_node, n_graph - 1, np.int32),
         node_mask=np.arange(n_node) < real_nodes,
         senders=senders,
         receivers=receivers,
-        shifts=cat([g.shifts for g in graphs], (n_edge, 3), 0, np.int32),
+        shifts=cat([shifts for _, shifts in local], (n_edge, 3), 0, np.int32),
         edge_mask=np.arange(n_edge) < real_edges,
         cell=cells,
         pbc=pbc,

@@ -95,6 +95,22 @@ def pack_graphs(
         yield group
 
 
+def padded_batches(
+    graphs: Iterable[Graph], max_nodes: int, max_edges: int, max_graphs: int, *, labels: bool = True
+) -> Iterator[tuple[list[Graph], GraphBatch]]:
+    """Stream ``graphs`` as padded batches of at most (max_nodes, max_edges, max_graphs),
+    packed greedily (`pack_graphs`), each with the graphs it holds. Memory is bounded by the
+    budget, and few shapes compile: nodes and edges on the budget's ladder (full batches share
+    its top rung), graphs always at the budget (graph slots cost next to nothing). A structure
+    over the budget on its own is batched alone, with a shape of its own."""
+    for group in pack_graphs(graphs, max_nodes, max_edges, max_graphs):
+        nodes, edges = sum(g.n_node for g in group), sum(g.n_edge for g in group)
+        over = nodes > max_nodes or edges > max_edges
+        ladder = BucketLadder() if over else BucketLadder.for_budget(max_nodes, max_edges, max_graphs)
+        n_node, n_edge, _ = ladder.shape_for(nodes, edges, len(group))
+        yield group, collate(group, n_node, n_edge, max_graphs + 1, labels=labels)
+
+
 class GraphLoader:
     """Iterates padded `GraphBatch`es over a dataset, packing to budgets.
 

@@ -254,12 +254,25 @@ def _iter_extxyz(path: Path, keys: _LabelKeys) -> FrameSource:
                 n_atoms = int(line)
             except ValueError:
                 got = line.strip()[:60]
+                if position > 0 and _is_atom_line(line):  # the previous frame's count was too low
+                    raise DataError(f"more atom lines than its atom count says (the next line is {got!r})",
+                                    path, position - 1) from None
                 raise DataError(f"expected an atom count, got {got!r}", path, position) from None
             body = list(itertools.islice(file, n_atoms + 1))
             if len(body) < n_atoms + 1:
                 raise DataError("file ends inside this frame (truncated?)", path, position)
             text = line + "".join(body)
             yield position, functools.partial(_extxyz_frame, text, keys, str(path), position)
+
+
+def _is_atom_line(line: str) -> bool:
+    """Whether ``line`` reads as an extxyz atom line: a symbol, then three coordinates."""
+    fields = line.split()
+    try:
+        [float(x) for x in fields[1:4]]
+    except ValueError:
+        return False
+    return len(fields) >= 4 and fields[0].isalpha()
 
 
 def _extxyz_frame(text: str, keys: _LabelKeys, source: str, index: int) -> Frame:

@@ -7,6 +7,11 @@ have finished to be worth refilling (``refill_fraction`` of the batch, or ``chun
 The host then takes the finished structures out, packs waiting ones into the freed slots and
 carries the state of the others (positions, velocities, optimiser fields) over unchanged.
 
+Each structure is first validated as the readers validate files (a structure with no atoms, NaN
+positions, a singular cell or overlapping atoms fails alone, status INVALID), and placed
+(mlip.sim.system.place: reduced cell, wrapped and centred atoms); results come back in the
+user's cell and images.
+
 Nothing is silently wrong: a neighbour list that outgrows its capacity (or a cell that needs
 more periodic images) stops the loop before the step is committed; the host grows the list by
 ``growth`` and recompiles (only then). A structure that alone needs more edges than the budget,
@@ -31,15 +36,17 @@ from ase.calculators.singlepoint import SinglePointCalculator
 from ase.stress import full_3x3_to_voigt_6_stress
 from tqdm.auto import tqdm
 
-from mlip.data.neighbors import neighbor_list
-from mlip.errors import MlipError
+from mlip.data.frame import frame_from_atoms, validate_frame
+from mlip.data.neighbors import edge_vectors_numpy, neighbor_list
+from mlip.errors import DataError, MlipError
 from mlip.potential import Potential, PotentialOutput
 from mlip.sim import neighbors as nl
-from mlip.sim.system import ATOM, GRAPH, System, evaluate, make_system, record, stack, unstack
+from mlip.sim.system import ATOM, GRAPH, System, evaluate, make_system, place, restore, stack, unstack
 
 #: Statuses of a finished structure.
 CONVERGED, UNCONVERGED, COMPLETED = "converged", "not converged", "completed"
-NON_FINITE, TOO_LARGE = "failed: non-finite", "failed: too large"
+NON_FINITE, TOO_LARGE, INVALID = "failed: non-finite", "failed: too large", "failed: invalid structure"
+DRIFT = "failed: energy drift"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,7 +122,7 @@ def run(
         if not isinstance(atoms, ase.Atoms):
             raise MlipError(f"structure {k}: expected ase.Atoms, got {type(atoms).__name__}")
         try:
-            potential.check_species(atoms.numbers)
+            potential.check_species(atoms.numbers[(atoms.numbers >= 1) & (atoms.numbers <= 118)])
         except MlipError as exc:
             raise MlipError(f"structure {k}: {exc}") from None
     runner = _Runner(potential, engine, skin, budget, structures)
@@ -133,15 +140,12 @@ class _Runner:
         self.results: list[Result | None] = [None] * len(structures)
         self.logs: dict[int, list] = {}  # per-chunk observations of running structures
         cutoff = potential.config.r_cut
-        self.records = [record(a) for a in structures]
-        edges, within = [], []
-        for a in structures:
-            listed = neighbor_list(a.positions, a.cell.array, a.pbc, cutoff + skin)
-            edges.append(len(listed.senders))
-            vectors = a.positions[listed.senders] - a.positions[listed.receivers] + listed.shifts @ a.cell.array
-            within.append(int(np.sum(np.linalg.norm(vectors, axis=1) < cutoff)))
-        self.edges = np.asarray(edges)
-        sizes = np.array([len(a) for a in structures])
+        self.invalid = {k: problem for k, a in enumerate(structures) if (problem := _invalid(a, k))}
+        placed = [place(a) if k not in self.invalid else (None, None) for k, a in enumerate(structures)]
+        self.records = [rec for rec, _ in placed]
+        self.placements = [placement for _, placement in placed]
+        self.edges, within = _edge_counts(self.records, cutoff, skin)
+        sizes = np.array([0 if rec is None else len(rec["numbers"]) for rec in self.records], np.int64)
         # The batch is no larger than the whole input needs (a few structures pad to little).
         atom_slots = int(min(budget.max_atoms, max(sizes.sum(), 1)))
 
@@ -149,20 +153,24 @@ class _Runner:
             density = max((e / max(n, 1) for e, n in zip(counts, sizes)), default=1.0)
             return max(1, math.ceil(density * atom_slots * budget.growth))
 
-        self.max_edges = budget.max_edges or slots_for(edges)
-        images = np.max([nl.images_needed(r["cell"], r["pbc"], cutoff + skin) for r in self.records] or [[0, 0, 0]], axis=0)
+        self.max_edges = budget.max_edges or slots_for(self.edges)
+        images = np.max([nl.images_needed(r["cell"], r["pbc"], cutoff + skin) for r in self.records if r is not None]
+                        or [[0, 0, 0]], axis=0)
         self.spec = nl.NeighborSpec(
-            cutoff, skin, self.max_edges, int(max(sizes, default=1)), tuple(int(n) for n in images),
+            cutoff, skin, self.max_edges, max(int(sizes.max(initial=0)), 1), tuple(int(n) for n in images),
             active_capacity=min(slots_for(within), self.max_edges),
         )
-        self.shape = (atom_slots + 1, min(budget.max_structures, max(len(structures), 1)) + 1)
+        valid = len(structures) - len(self.invalid)
+        self.shape = (atom_slots + 1, min(budget.max_structures, max(valid, 1)) + 1)
 
     # -- host loop -------------------------------------------------------------------------
 
     def run(self, progress: bool) -> list[Result]:
         queue = collections.deque()
         for k, atoms in enumerate(self.structures):
-            if len(atoms) > self.budget.max_atoms or self.edges[k] > self.max_edges:
+            if k in self.invalid:
+                self._fail(k, {}, INVALID, self.invalid[k])
+            elif len(atoms) > self.budget.max_atoms or self.edges[k] > self.max_edges:
                 self._fail(k, self.records[k], TOO_LARGE, f"{len(atoms)} atoms and {self.edges[k]} edges "
                            f"exceed the batch budget ({self.budget.max_atoms} atoms, {self.max_edges} edges)")
             else:
@@ -214,7 +222,12 @@ class _Runner:
             fields = stack([s.record for s in started], self.engine.state_type.KINDS, n_node, n_graph)
             carried = fresh._replace(**{k: jnp.asarray(v, getattr(fresh, k).dtype) for k, v in fields.items()})
         is_new = np.arange(n_graph) >= len(started)
-        return fns.start(self.potential.params, fresh, carried, jnp.asarray(is_new))
+        state = fns.start(self.potential.params, fresh, carried, jnp.asarray(is_new))
+        if hasattr(self.engine, "observe"):  # the log starts at step 0, as ASE's MDLogger's
+            for slot, rec in zip(slots, self._records(state, slots)):
+                if not slot.started:
+                    self._log(slot.index, rec)
+        return state
 
     def _advance(self, state, queue):
         """Run one chunk on the device; grow the neighbour list and retry on overflow."""
@@ -234,10 +247,7 @@ class _Runner:
     def _harvest(self, state, slots, refill: bool):
         """Record finished structures; returns the remaining slots, the state to continue
         with (None when the batch must be repacked) and how many finished."""
-        kinds = {**System.KINDS, **self.engine.state_type.KINDS}
-        arrays = {k: np.asarray(getattr(state.system if k in System.KINDS else state, k)) for k in kinds}
-        sizes = [len(s.record["numbers"]) for s in slots]
-        records = unstack(arrays, kinds, sizes)
+        records = self._records(state, slots)
         done = np.asarray(_finished(self.engine, state))[: len(slots)]
         finite = np.asarray(_finite(state))[: len(slots)]
         observe = getattr(self.engine, "observe", None)  # engines that log have an interval
@@ -247,7 +257,7 @@ class _Runner:
                 continue  # finished earlier, frozen until the batch is repacked
             slot.record, slot.started = rec, True
             if observe is not None and (rec["steps"] % self.engine.interval == 0 or done[g]):
-                self.logs.setdefault(slot.index, []).append(observe(rec))
+                self._log(slot.index, rec)
             if not finite[g]:
                 self._fail(slot.index, rec, NON_FINITE, "energies, forces, positions or velocities became non-finite "
                            "(atoms flying apart or collapsing under the potential)")
@@ -260,9 +270,24 @@ class _Runner:
             return running, None, finished  # repack (or stop): finished structures leave
         return slots, state, finished
 
+    def _records(self, state, slots) -> list[dict]:
+        """The per-structure records (System and engine fields, numpy) of ``slots``."""
+        kinds = {**System.KINDS, **self.engine.state_type.KINDS}
+        arrays = {k: np.asarray(getattr(state.system if k in System.KINDS else state, k)) for k in kinds}
+        return unstack(arrays, kinds, [len(s.record["numbers"]) for s in slots])
+
+    def _log(self, index: int, rec: dict) -> None:
+        entries = self.logs.setdefault(index, [])
+        if not entries or entries[-1]["steps"] != rec["steps"]:
+            entries.append(self.engine.observe(rec))
+
     # -- results ---------------------------------------------------------------------------
 
     def _finish(self, index, rec):
+        # An engine may judge a finished run by its log (MD: the drift of the conserved energy).
+        problem = self.engine.problem(self.logs.get(index, []), rec) if hasattr(self.engine, "problem") else None
+        if problem is not None:
+            return self._fail(index, rec, problem[0], problem[1])
         converged = bool(self.engine.succeeded(rec))
         status = self.engine.success_status if converged else UNCONVERGED
         self.results[index] = self._result(index, rec, status, converged, "")
@@ -278,9 +303,10 @@ class _Runner:
         energy = float(rec.get("energy", np.nan))
         stress = np.asarray(rec["stress"], np.float64) if "stress" in rec and atoms.pbc.all() else None
         if "steps" in rec:
-            atoms.positions = rec["positions"]
+            positions, cell = restore(rec["positions"], rec["cell"], self.placements[index])
+            atoms.positions = positions
             if atoms.pbc.all():
-                atoms.set_cell(rec["cell"], scale_atoms=False)
+                atoms.set_cell(cell, scale_atoms=False)
             self.engine.finalize(atoms, rec)
             results = {"energy": energy, "free_energy": energy, "forces": forces}
             if stress is not None:
@@ -288,6 +314,28 @@ class _Runner:
             atoms.calc = SinglePointCalculator(atoms, **results)
         return Result(atoms, energy, forces, stress, int(rec.get("steps", 0)), converged, status, message,
                       self.logs.pop(index, []))
+
+
+def _edge_counts(records: list[dict | None], cutoff: float, skin: float) -> tuple[np.ndarray, np.ndarray]:
+    """int [S] each: edges of every record within ``cutoff + skin`` and within ``cutoff`` (Å),
+    zero for None (an invalid structure)."""
+    edges, within = np.zeros((2, len(records)), np.int64)
+    for k, rec in enumerate(records):
+        if rec is not None:
+            listed = neighbor_list(rec["positions"], rec["cell"], rec["pbc"], cutoff + skin)
+            lengths = np.linalg.norm(edge_vectors_numpy(rec["positions"], rec["cell"], listed), axis=1)
+            edges[k], within[k] = len(lengths), np.sum(lengths < cutoff)
+    return edges, within
+
+
+def _invalid(atoms: ase.Atoms, index: int) -> str | None:
+    """What makes structure ``index`` unfit to simulate, as the readers check files (no atoms,
+    NaN positions, a singular cell, overlapping atoms...), or None."""
+    try:
+        validate_frame(frame_from_atoms(atoms, index=index))
+    except DataError as exc:
+        return exc.problem
+    return None
 
 
 # -- device functions ------------------------------------------------------------------------

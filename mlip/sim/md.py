@@ -15,7 +15,7 @@ from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
 from mlip.errors import MlipError
 from mlip.potential import Potential
 from mlip.sim import integrators
-from mlip.sim.batcher import COMPLETED, Budget, Result, run
+from mlip.sim.batcher import COMPLETED, DRIFT, Budget, Result, run
 from mlip.sim.system import ATOM, GRAPH
 from mlip.units import EV_PER_A3_TO_GPA
 
@@ -41,6 +41,7 @@ class MDEngine:
     seed: int = dataclasses.field(compare=False)
     init_temperature: float | None = dataclasses.field(compare=False)
     interval: int = 100  # steps between log entries
+    max_drift: float | None = dataclasses.field(default=1.0, compare=False)  # eV/atom, of the conserved energy
 
     state_type: ClassVar = integrators.MDState
     OPTIONS: ClassVar = {"velocities": ATOM, "temperature": GRAPH, "pressure": GRAPH, "key": GRAPH}
@@ -84,6 +85,20 @@ class MDEngine:
     def finalize(self, atoms: ase.Atoms, record: dict) -> None:
         atoms.set_velocities(record["velocities"] / units.fs)
 
+    def problem(self, log: list[dict], record: dict) -> tuple[str, str] | None:
+        """(status, message) when the conserved energy (potential + kinetic + what the
+        thermostat and barostat exchanged) of a finished run, logged every ``interval`` steps,
+        drifted from its start by more than ``max_drift`` eV/atom: a blown-up run (too long
+        a timestep, or the potential breaking down) is not "completed"."""
+        if self.max_drift is None or len(log) < 2:
+            return None
+        conserved = np.array([entry["conserved"] for entry in log])
+        drift = float(np.max(np.abs(conserved - conserved[0]))) / max(len(record["numbers"]), 1)
+        if drift <= self.max_drift:
+            return None
+        return DRIFT, (f"the conserved energy drifted by {drift:.3g} eV/atom (more than max_drift {self.max_drift} "
+                       f"eV/atom): the timestep is too long or the potential broke down")
+
     def observe(self, record: dict) -> dict:
         """What is logged for a structure every ``interval`` steps and at its end."""
         dof = max(3 * len(record["numbers"]), 1)
@@ -113,6 +128,7 @@ def md(
     bulk_modulus: float = 100.0,
     seed: int = 0,
     interval: int = 100,
+    max_drift: float | None = 1.0,
     skin: float = 0.5,
     budget: Budget | None = None,
     progress: bool = False,
@@ -128,7 +144,12 @@ def md(
         timestep: fs. temperature: target, K. pressure: target, GPa (npt).
         init_temperature: K, draw Maxwell-Boltzmann velocities (seed + structure index, zero
             total momentum); None keeps each structure's own velocities.
-        interval: steps between log entries (Result.log: energies, temperature, volume).
+        interval: steps between log entries (Result.log: energies, temperature, volume), from
+            step 0.
+        max_drift: eV/atom: a structure whose conserved energy (potential + kinetic + the
+            thermostat's and barostat's exchange), sampled every ``interval`` steps, strays
+            further than this from its start fails with status "failed: energy drift" instead
+            of "completed" (None: no check). A healthy run drifts by far less (~1e-4).
         budget: batch sizes (default mlip.sim.batcher.Budget); its chunk is set to ``interval``.
         matmul_precision: of float32 matmuls (mlip.sim.batcher.run): "highest" (full float32)
             or, for speed at lower accuracy on GPUs, "default" (TF32).
@@ -147,6 +168,7 @@ def md(
         ensemble, int(steps), float(timestep), float(temperature), float(pressure) / EV_PER_A3_TO_GPA,
         float(friction), float(tau), float(tau_p), EV_PER_A3_TO_GPA / float(bulk_modulus), int(seed),
         None if init_temperature is None else float(init_temperature), int(interval),
+        None if max_drift is None else float(max_drift),
     )
     budget = dataclasses.replace(budget or Budget(), chunk=interval)
     return run(potential, structures, engine, skin=skin, budget=budget, progress=progress,

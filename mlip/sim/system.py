@@ -19,8 +19,9 @@ import ase
 import jax
 import jax.numpy as jnp
 import numpy as np
-from ase.geometry import complete_cell
+from ase.geometry.minkowski_reduction import minkowski_reduce
 
+from mlip.data.frame import completed_cell
 from mlip.data.graph import GraphBatch
 from mlip.nn.message_passing import DEFAULT_EDGE_CHUNK
 from mlip.potential import PotentialOutput, compute
@@ -36,7 +37,7 @@ class System(NamedTuple):
     """Structures packed into N atom slots and G structure slots.
 
     positions: [N, 3], Å (not wrapped).
-    cell: [G, 3, 3], Å, rows are lattice vectors; completed (ase.geometry.complete_cell) along
+    cell: [G, 3, 3], Å, rows are lattice vectors; completed (mlip.data.frame.completed_cell) along
         open directions, where it has no effect on energies.
     numbers: int32 [N], atomic numbers (0 for padding).
     masses: [N], amu (1 for padding).
@@ -69,11 +70,55 @@ def record(atoms: ase.Atoms) -> dict:
     """The per-structure record of ``atoms`` (System fields; see `stack`)."""
     return {
         "positions": np.asarray(atoms.positions, np.float64),
-        "cell": complete_cell(atoms.cell.array),
+        "cell": completed_cell(atoms.cell.array, atoms.pbc),
         "numbers": np.asarray(atoms.numbers, np.int32),
         "masses": np.asarray(atoms.get_masses(), np.float64),
         "pbc": np.asarray(atoms.pbc, bool),
     }
+
+
+class Placement(NamedTuple):
+    """How a structure in the batch relates to the user's (see `place`).
+
+    op: int [3, 3], unimodular: the batch's cell is ``op @ cell`` of the user's.
+    cell: float64 [3, 3], Å, the batch's cell at the start, before any cast to float32.
+    images: int [n, 3], lattice translations (in the batch's cell) taken off each atom.
+    offset: float64 [3], Å, the translation taken off every atom.
+    """
+
+    op: np.ndarray
+    cell: np.ndarray
+    images: np.ndarray
+    offset: np.ndarray
+
+
+def place(atoms: ase.Atoms) -> tuple[dict, Placement]:
+    """The record of ``atoms`` (`record`) as the batch holds it: the same structure with its
+    cell Minkowski-reduced along periodic directions, atoms wrapped into it, and (unless
+    periodic in 3-d, where the cell may deform about the origin) centred at the origin. Every
+    cell in a batch is then compact (the device neighbour search sizes its image box for the
+    most skewed cell) and coordinates small (float32 keeps their precision far from the
+    origin). `restore` maps the batch's positions and cell back."""
+    rec = record(atoms)
+    pbc = rec["pbc"]
+    op = minkowski_reduce(rec["cell"], pbc)[1] if pbc.any() else np.eye(3, dtype=int)
+    cell = op @ rec["cell"]
+    images = (np.floor(np.linalg.solve(cell.T, rec["positions"].T).T) * pbc).astype(np.int64)
+    positions = rec["positions"] - images @ cell
+    offset = np.zeros(3) if pbc.all() or len(atoms) == 0 else positions.mean(axis=0)
+    return {**rec, "positions": positions - offset, "cell": cell}, Placement(op, cell, images, offset)
+
+
+def restore(positions: np.ndarray, cell: np.ndarray, placement: Placement) -> tuple[np.ndarray, np.ndarray]:
+    """The user's positions [n, 3] and cell [3, 3] (Å), float64, of a structure the batch holds
+    at ``positions`` in ``cell``: each atom back in its own image (the images follow the cell
+    as it deforms) and the cell in the user's lattice basis. The cell is the float64 start
+    cell times the deformation since, so that a float32 cell's rounding is not multiplied by
+    the image counts of atoms far from the origin."""
+    start = placement.cell.astype(cell.dtype)  # as the batch held it
+    cell = placement.cell @ np.linalg.solve(start.astype(np.float64), np.asarray(cell, np.float64))
+    positions = np.asarray(positions, np.float64) + placement.offset + placement.images @ cell
+    return positions, np.rint(np.linalg.inv(placement.op)) @ cell
 
 
 def stack(records: Sequence[dict], kinds: dict, n_node: int, n_graph: int) -> dict:

@@ -10,6 +10,7 @@ the same structure (built from the same config), which also checks that the file
 from __future__ import annotations
 
 import json
+import logging
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,9 @@ import jax
 import numpy as np
 
 from mlip.errors import MlipError
-from mlip.fileio import atomic_write_bytes, npz_bytes
+from mlip.fileio import TEMP_PREFIX, atomic_write_bytes, npz_bytes
+
+log = logging.getLogger("mlip.train")
 
 FORMAT = "mlip-train-checkpoint"
 FORMAT_VERSION = 1
@@ -28,6 +31,8 @@ def save_checkpoint(directory: Path, state, loop_state: dict[str, Any], keep: in
     """Write ``state`` (a pytree of arrays) and ``loop_state`` (JSON values) as
     ``directory/ckpt-<step>.npz``; delete all but the newest ``keep`` checkpoints."""
     directory.mkdir(parents=True, exist_ok=True)
+    for stale in directory.glob(TEMP_PREFIX + "*"):  # left by a process killed while writing
+        stale.unlink(missing_ok=True)
     leaves = jax.tree.leaves(jax.device_get(state))
     header = {"format": FORMAT, "format_version": FORMAT_VERSION, "num_leaves": len(leaves), **loop_state}
     arrays = {"__header__": np.array(json.dumps(header))}
@@ -42,6 +47,19 @@ def save_checkpoint(directory: Path, state, loop_state: dict[str, Any], keep: in
 def list_checkpoints(directory: Path) -> list[Path]:
     """Checkpoint files in ``directory``, oldest first."""
     return sorted(Path(directory).glob("ckpt-*.npz")) if Path(directory).is_dir() else []
+
+
+def latest_checkpoint(directory: Path) -> Path | None:
+    """The newest checkpoint in ``directory`` that reads back whole, or None. Newer ones that
+    do not (a corrupt disk, a file truncated by hand) are skipped with a warning, so a run
+    resumes from the one before."""
+    for path in reversed(list_checkpoints(directory)):
+        try:
+            _read(path, arrays=True)
+            return path
+        except MlipError as exc:
+            log.warning("skipping an unreadable checkpoint: %s", exc)
+    return None
 
 
 def _read(path: Path, arrays: bool) -> tuple[dict[str, Any], dict[str, np.ndarray]]:

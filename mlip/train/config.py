@@ -19,6 +19,7 @@ config (with every default filled in) is written to ``output_dir/config.yaml``.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from pathlib import Path
@@ -74,6 +75,11 @@ class DataConfig:
             raise MlipError(f"config: data.valid_fraction must be in (0, 1), got {self.valid_fraction}")
         if min(self.max_nodes, self.max_edges, self.max_graphs) < 1:
             raise MlipError("config: data.max_nodes, max_edges and max_graphs must be positive")
+        _require(self.statistics_frames >= 1, f"data.statistics_frames must be >= 1, got {self.statistics_frames}")
+        _require(self.split_seed >= 0, f"data.split_seed must be >= 0, got {self.split_seed}")
+        _require(self.min_distance >= 0, f"data.min_distance must be >= 0 Å, got {self.min_distance}")
+        _choice("data.on_error", self.on_error, ("raise", "skip"))
+        _choice("data.close_atoms", self.close_atoms, ("error", "warn", "ignore"))
 
     def read_options(self) -> dict[str, Any]:
         """Keyword arguments for mlip.data.readers.read_frames."""
@@ -106,6 +112,11 @@ class ModelConfig:
     shift: Union[str, float] = "auto"
 
     def __post_init__(self):
+        from mlip.models.config import PRESETS
+
+        _choice("model.preset", self.preset, tuple(PRESETS))
+        _require(self.r_cut > 0, f"model.r_cut must be positive (Å), got {self.r_cut}")
+        _check_overrides(self.overrides)
         if isinstance(self.atomic_energies, str) and self.atomic_energies != "fit":
             raise MlipError(f"config: model.atomic_energies must be 'fit' or a mapping, got {self.atomic_energies!r}")
         for name in ("avg_num_neighbors", "scale", "shift"):
@@ -221,6 +232,8 @@ class OptimizerConfig:
             raise MlipError(f"config: optimizer.schedule must be cosine, plateau or constant, got {self.schedule!r}")
         if self.learning_rate <= 0:
             raise MlipError("config: optimizer.learning_rate must be positive")
+        _require(self.warmup_steps >= 0, f"optimizer.warmup_steps must be >= 0, got {self.warmup_steps}")
+        _require(self.plateau_patience >= 1, f"optimizer.plateau_patience must be >= 1, got {self.plateau_patience}")
         if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
             raise MlipError(f"config: optimizer.ema_decay must be in (0, 1) or null, got {self.ema_decay}")
 
@@ -259,6 +272,10 @@ class LoopConfig:
             raise MlipError("config: training.epochs, accumulate, keep_checkpoints, eval_every must be >= 1")
         if not (self.devices == "all" or (isinstance(self.devices, int) and self.devices >= 1)):
             raise MlipError(f"config: training.devices must be 'all' or a positive count, got {self.devices!r}")
+        _require(self.log_every >= 1, f"training.log_every must be >= 1, got {self.log_every}")
+        for name in ("max_steps", "checkpoint_every"):
+            value = getattr(self, name)
+            _require(value is None or value >= 1, f"training.{name} must be >= 1 or null (no limit), got {value}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -273,6 +290,9 @@ class TrainConfig:
     loss: LossConfig = dataclasses.field(default_factory=LossConfig)
     optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
     training: LoopConfig = dataclasses.field(default_factory=LoopConfig)
+
+    def __post_init__(self):
+        _require(self.seed >= 0, f"seed must be >= 0, got {self.seed}")
 
     @classmethod
     def from_dict(cls, values: dict, source: str = "config") -> "TrainConfig":
@@ -313,6 +333,31 @@ def _merge(base: dict, overrides: dict) -> dict:
         else:
             merged[key] = value
     return merged
+
+
+def _require(condition: bool, problem: str) -> None:
+    if not condition:
+        raise MlipError(f"config: {problem}")
+
+
+def _choice(key: str, value, choices: tuple) -> None:
+    _require(value in choices, f"{key} must be one of {', '.join(map(str, choices))}, got {value!r}")
+
+
+#: FacetConfig fields that model.overrides may not set: the model section sets them, or the data.
+_NOT_OVERRIDES = ("species", "r_cut", "atomic_energies", "avg_num_neighbors", "scale", "shift")
+
+
+def _check_overrides(overrides: dict) -> None:
+    """Each key of model.overrides must be a FacetConfig field, with a value of its type."""
+    from mlip.models.config import FacetConfig
+
+    hints = typing.get_type_hints(FacetConfig)
+    for key, value in overrides.items():
+        _require(key not in _NOT_OVERRIDES, f"model.overrides.{key}: set model.{key} instead")
+        known = sorted(set(hints) - set(_NOT_OVERRIDES))
+        _require(key in hints, f"model.overrides: unknown key {key!r} (known: {', '.join(known)})")
+        _convert(hints[key], value, f"config: model.overrides.{key}")
 
 
 # YAML names that are Python keywords.
@@ -365,14 +410,32 @@ def _convert(hint, value, where: str):
         if isinstance(value, dict):
             return dict(value)
     elif hint is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
+        number = _float(value)
+        if number is not None:
+            if not math.isfinite(number):
+                raise MlipError(f"{where}: expected a finite number, got {value!r}")
+            return number
     elif hint is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
     elif isinstance(value, hint):
         return value
     raise MlipError(f"{where}: expected {_describe(hint)}, got {value!r}")
+
+
+def _float(value) -> float | None:
+    """``value`` as a float: a number, or a string that spells one (YAML 1.1 reads 1e-3,
+    without a dot, as the string "1e-3"); else None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return None
+    return None
 
 
 def _describe(hint) -> str:

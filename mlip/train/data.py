@@ -18,6 +18,8 @@ from mlip.errors import MlipError
 
 log = logging.getLogger("mlip.train")
 
+LABELS = ("energy", "forces", "stress")
+
 
 class Concat:
     """Several datasets as one (random access across them)."""
@@ -66,7 +68,9 @@ class Subset:
 
 def open_frames(paths: str | Sequence[str], read_options: dict, *, what: str) -> FrameDataset:
     """A dataset from one or several sources: a directory written by ``mlip convert`` is
-    streamed from disk, any other file is read (and validated) into memory."""
+    streamed from disk, any other file is read (and validated) into memory. A frame may lack
+    a label that others have (files with and without stress mixed): it carries no loss for
+    that label (the loss masks by label), and `label_counts` says how many frames have each."""
     paths = [paths] if isinstance(paths, str) else list(paths)
     parts = []
     for path in map(Path, paths):
@@ -74,7 +78,7 @@ def open_frames(paths: str | Sequence[str], read_options: dict, *, what: str) ->
             parts.append(ShardedDataset(path))
         elif path.is_file():
             report = ReadReport()
-            frames = list(read_frames(path, report=report, **read_options))
+            frames = list(read_frames(path, report=report, require_labels=False, **read_options))
             if report.skipped:
                 log.warning("%s: %s", path, report.summary())
             parts.append(frames)
@@ -84,6 +88,33 @@ def open_frames(paths: str | Sequence[str], read_options: dict, *, what: str) ->
     if len(dataset) == 0:
         raise MlipError(f"{what} data {', '.join(paths)}: no frames")
     return dataset
+
+
+def elements(dataset: FrameDataset) -> set[int]:
+    """Atomic numbers present in ``dataset``: from a converted directory's index (no frames
+    read), else from its frames. A subset answers for the dataset it is cut from (a superset:
+    enough to find elements a model lacks, whose training set is that same dataset)."""
+    if isinstance(dataset, Subset):
+        return elements(dataset.dataset)
+    if isinstance(dataset, Concat):
+        return set().union(*(elements(part) for part in dataset.parts))
+    if hasattr(dataset, "elements"):
+        return set(dataset.elements)
+    return {int(z) for i in range(len(dataset)) for z in np.unique(dataset[i].numbers)}
+
+
+def label_counts(dataset: FrameDataset) -> dict[str, int]:
+    """Frames carrying each label ("energy", "forces", "stress") in ``dataset``: from a
+    converted directory's index, else from its frames (a subset answers for its whole)."""
+    if isinstance(dataset, Subset):
+        return label_counts(dataset.dataset)
+    if isinstance(dataset, Concat):
+        parts = [label_counts(part) for part in dataset.parts]
+        return {name: sum(p[name] for p in parts) for name in LABELS}
+    if hasattr(dataset, "labels"):
+        return {name: int(dataset.labels.get(name, 0)) for name in LABELS}
+    frames = [dataset[i] for i in range(len(dataset))]
+    return {name: sum(getattr(f, name) is not None for f in frames) for name in LABELS}
 
 
 def split(dataset: FrameDataset, valid_fraction: float, seed: int) -> tuple[Subset, Subset]:

@@ -23,6 +23,7 @@ import dataclasses
 import json
 import logging
 import math
+import shutil
 import signal
 import threading
 import time
@@ -33,18 +34,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import yaml
+from ase.data import chemical_symbols
 from tqdm.auto import tqdm
 
 from mlip.data.loader import FrameDataset
 from mlip.errors import MlipError
 from mlip.evaluate import Metrics, evaluate
-from mlip.fileio import atomic_write_bytes
+from mlip.fileio import TEMP_PREFIX, atomic_write_bytes
 from mlip.models.config import FacetConfig
 from mlip.potential import Potential, _check_dtype, init_params
 from mlip.train.batches import StepBatches, prefetch
-from mlip.train.checkpoint import list_checkpoints, load_checkpoint, read_loop_state, save_checkpoint
+from mlip.train.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint, read_loop_state, save_checkpoint
 from mlip.train.config import TrainConfig
-from mlip.train.data import open_frames, split
+from mlip.train.data import elements, label_counts, open_frames, split
 from mlip.train.loss import Terms
 from mlip.train.model import describe_params, initial_model
 from mlip.train.step import (
@@ -98,7 +100,8 @@ def _prepare_output(config: TrainConfig, out: Path, resume: bool) -> None:
     saved = out / "config.yaml"
     if resume:
         if not list_checkpoints(out / "checkpoints"):
-            raise MlipError(f"{out}: no checkpoint to resume from")
+            raise MlipError(f"{out}: no checkpoint to resume from (the run stopped before its first one); "
+                            "start it afresh without --resume")
         previous = TrainConfig.from_dict(yaml.safe_load(saved.read_text()), source=str(saved)).to_dict()
         current = config.to_dict()
         ignored = {"keep_checkpoints", "log_every"}
@@ -108,10 +111,34 @@ def _prepare_output(config: TrainConfig, out: Path, resume: bool) -> None:
         if changed:
             raise MlipError(f"cannot resume {out}: the config differs from the run's in {', '.join(changed)}")
         return
-    if out.exists() and any(out.iterdir()):
+    if list_checkpoints(out / "checkpoints"):
         raise MlipError(f"{out} already holds a run; resume it with --resume or choose another output_dir")
+    _clear_unstarted_run(out)
     out.mkdir(parents=True, exist_ok=True)
     config.save(saved)
+
+
+#: What a run writes into its output_dir (see the module docstring).
+RUN_FILES = ("config.yaml", "train.log", "metrics.jsonl", "metrics.csv", "checkpoints", "best.mlip",
+             "best_metrics.json", "last.mlip", "test_metrics.json")
+
+
+def _clear_unstarted_run(out: Path) -> None:
+    """Remove what a run that never reached its first checkpoint (it failed or was stopped
+    during start-up) left in ``out``, so that it can be started afresh. Anything that is not
+    a run's file is left alone, and the directory refused: it is not an output_dir."""
+    if not out.exists():
+        return
+    foreign = sorted(p.name for p in out.iterdir() if p.name not in RUN_FILES and not p.name.startswith(TEMP_PREFIX))
+    if foreign:
+        raise MlipError(f"{out} holds files that are not a training run's ({', '.join(foreign[:3])}); "
+                        "choose another output_dir")
+    for path in out.iterdir():
+        if path.name == "checkpoints":
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+    log.info("%s: no checkpoint from an earlier start; starting afresh", out)
 
 
 def _log_to_file(path: Path) -> logging.Handler:
@@ -133,14 +160,24 @@ class _Run:
         self.dtype = np.dtype(t.precision)
         self.devices = list(devices) if devices is not None else _pick_devices(t.devices)
         self.train_set, self.valid_set = self._datasets()
+        d = config.data
+        self.test_set = None if d.test is None else open_frames(d.test, d.read_options(), what="test")
+        # epoch_loss_sum/steps: the training loss of the current epoch so far, checkpointed so
+        # that a resumed epoch reports the mean over all of its steps.
         self.loop = {"epoch": 0, "epoch_step": 0, "step": 0, "lr_factor": 1.0, "best_loss": None,
-                     "best_epoch": None, "plateau_best": None, "plateau_epochs": 0, "seconds": 0.0}
-        checkpoint = list_checkpoints(out / "checkpoints")[-1] if resume else None
+                     "best_epoch": None, "plateau_best": None, "plateau_epochs": 0, "seconds": 0.0,
+                     "epoch_loss_sum": 0.0, "epoch_loss_steps": 0}
+        self.unchecked: list = []  # (step, loss on the device) not yet checked to be finite
+        checkpoint = latest_checkpoint(out / "checkpoints") if resume else None
+        if resume and checkpoint is None:
+            raise MlipError(f"{out}: no readable checkpoint to resume from")
         if checkpoint is not None:
             self.model = FacetConfig.from_dict(read_loop_state(checkpoint)["model"])
             params = init_params(self.model, config.seed, t.precision)  # a template; restored below
         else:
             self.model, params = initial_model(config, self.train_set, progress)
+        self._check_elements()
+        self._check_labels()
         freeze = config.finetune.freeze if config.finetune else []
         self._check_freeze(params, freeze)
         mesh = make_mesh(self.devices)
@@ -179,6 +216,32 @@ class _Run:
             return train_set, open_frames(d.valid, d.read_options(), what="validation")
         return split(train_set, d.valid_fraction, d.split_seed)
 
+    def _check_elements(self) -> None:
+        """Every split's elements are the model's: the model would score an element it lacks
+        as another one, silently (and steer the choice of best.mlip with it)."""
+        d, known = self.config.data, set(self.model.species)
+        for name, dataset in (("data.train", self.train_set), ("data.valid" if d.valid else "data.train", self.valid_set),
+                              ("data.test", self.test_set)):
+            unknown = sorted(elements(dataset) - known) if dataset is not None else []
+            if unknown:
+                raise MlipError(f"{name} has element(s) {', '.join(chemical_symbols[z] for z in unknown)} that the "
+                                f"model does not have ({', '.join(self.model.species_symbols)}): add them to "
+                                "model.species or leave those frames out")
+
+    def _check_labels(self) -> None:
+        """Frames may lack labels (no loss for them), but a label the loss weighs must be in
+        some training frame: none means a wrong key, which would silently train on nothing."""
+        counts, d = label_counts(self.train_set), self.config.data
+        keys = {"energy": d.energy_key, "forces": d.forces_key, "stress": d.virials_key or d.stress_key}
+        log.info("training labels: %s of %d frames", ", ".join(f"{n} {name}" for name, n in counts.items()),
+                 len(self.train_set))
+        loss = self.config.loss
+        for k, name in enumerate(("energy", "forces", "stress")):
+            weighted = max(loss.weights_at(epoch)[k] for epoch in {0, *(s.epoch for s in loss.stages)}) > 0
+            if weighted and keys[name] is not None and counts[name] == 0:
+                raise MlipError(f"no training frame has a {name} label (key {keys[name]!r}): name the right "
+                                f"data.{name}_key, or set loss.{name}_weight to 0")
+
     @staticmethod
     def _check_freeze(params, freeze: list[str]) -> None:
         labels = jax.tree.leaves(trainable_labels(params, freeze))
@@ -205,6 +268,8 @@ class _Run:
                     last = loop["epoch"] >= t.epochs or loop["step"] >= self.max_steps
                     if last or (finished and loop["epoch"] % t.eval_every == 0):
                         self._validate()
+                    if finished:
+                        loop["epoch_loss_sum"], loop["epoch_loss_steps"] = 0.0, 0
                     self._checkpoint()
         except KeyboardInterrupt:
             loop["seconds"] = time.perf_counter() - started
@@ -221,7 +286,6 @@ class _Run:
         lr_factor = jnp.asarray(loop["lr_factor"], self.dtype)
         steps = self.batches.steps_per_epoch(epoch)
         stream = prefetch(self.batches.epoch(epoch, loop["epoch_step"]), self._to_devices)
-        losses = []
         bar = tqdm(total=steps, initial=loop["epoch_step"], desc=f"epoch {epoch + 1}/{t.epochs}",
                    unit=" steps", disable=not self.progress, leave=False)
         with bar:
@@ -229,7 +293,7 @@ class _Run:
                 self.state, metrics = self.train_step(self.state, batch, weights, lr_factor)
                 loop["step"] += 1
                 loop["epoch_step"] += 1
-                losses.append(metrics["loss"])
+                self.unchecked.append((loop["step"], metrics["loss"]))
                 bar.update()
                 if loop["step"] % t.log_every == 0 or self.callbacks:
                     self._report(metrics, bar)
@@ -239,8 +303,27 @@ class _Run:
                     raise KeyboardInterrupt
                 if loop["step"] >= self.max_steps:
                     break
-        self.train_loss = float(np.mean(jax.device_get(losses))) if losses else float("nan")
+        self._check_losses()
+        self.train_loss = loop["epoch_loss_sum"] / loop["epoch_loss_steps"] if loop["epoch_loss_steps"] else float("nan")
         return loop["epoch_step"] >= steps
+
+    def _check_losses(self) -> None:
+        """Add the losses of the steps since the last check to the epoch's sum, or stop the run
+        (MlipError) at the first step whose loss is not finite. Run before every checkpoint,
+        log line and validation, so that no checkpoint or model holds parameters that a
+        non-finite loss has updated: the last checkpoint is the last good state. (Once per
+        step would make the host wait for every step.)"""
+        steps, losses = zip(*self.unchecked) if self.unchecked else ((), ())
+        losses = np.asarray(jax.device_get(list(losses)), np.float64)
+        self.unchecked = []
+        bad = np.flatnonzero(~np.isfinite(losses))
+        if len(bad):
+            last = list_checkpoints(self.out / "checkpoints")
+            kept = f"; the last good checkpoint is {last[-1]}" if last else ""
+            raise MlipError(f"training loss is {losses[bad[0]]} at step {steps[bad[0]]}: stopped{kept}; lower "
+                            "optimizer.learning_rate or check the data")
+        self.loop["epoch_loss_sum"] += float(losses.sum())
+        self.loop["epoch_loss_steps"] += len(losses)
 
     def _to_devices(self, batch):
         """The stacked host batch as one global array per field, split over the devices (each
@@ -250,10 +333,8 @@ class _Run:
         )
 
     def _report(self, metrics: dict, bar) -> None:
+        self._check_losses()
         loss, lr = float(metrics["loss"]), float(metrics["lr"])
-        if not math.isfinite(loss):
-            raise MlipError(f"training loss is {loss} at step {self.loop['step']}; lower "
-                            "optimizer.learning_rate or check the data")
         bar.set_postfix(loss=f"{loss:.4g}", lr=f"{lr:.2e}")
         for callback in self.callbacks:
             callback(self.loop["step"], {"loss": loss, "lr": lr, "epoch": self.loop["epoch"]})
@@ -317,6 +398,7 @@ class _Run:
             writer.writerow(row)
 
     def _checkpoint(self) -> Path | None:
+        self._check_losses()
         if jax.process_index() != 0:
             return None
         loop = {**self.loop, "model": self.model.to_dict()}
@@ -335,8 +417,8 @@ class _Run:
         valid = json.loads((self.out / "best_metrics.json").read_text()) if (self.out / "best_metrics.json").exists() else {}
         log.info("done: %d steps in %.0f s; best epoch %s -> %s", self.loop["step"], self.loop["seconds"],
                  self.loop["best_epoch"], best_path)
-        if self.config.data.test is not None:
-            test = open_frames(self.config.data.test, self.config.data.read_options(), what="test")
+        if self.test_set is not None:
+            test = self.test_set
             metrics = evaluate(best, (test[i] for i in range(len(test))), total=len(test), progress=self.progress)
             atomic_write_bytes(self.out / "test_metrics.json", json.dumps(metrics.to_dict(), indent=1).encode())
             log.info("test set (best model):\n%s", metrics.table())
