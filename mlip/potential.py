@@ -297,10 +297,13 @@ def save_potential(potential: Potential, path) -> None:
     atomic_write_bytes(path, npz_bytes({"__header__": np.array(json.dumps(header)), **arrays}))
 
 
-def saved_dtype(path) -> str:
-    """The dtype ("float32" or "float64") a potential file was saved in, from its header alone
-    (so that a program can switch JAX's x64 mode on before loading a float64 model)."""
-    header, _ = _read_potential_file(Path(path), arrays=False)
+def saved_dtype(name_or_path) -> str:
+    """The dtype ("float32" or "float64") a potential file (or bundled model) was saved in, from
+    its header alone (so that a program can switch JAX's x64 mode on before loading a float64
+    model)."""
+    from mlip.registry import resolve_model
+
+    header, _ = _read_potential_file(resolve_model(name_or_path), arrays=False)
     return header.get("dtype", "float32")
 
 
