@@ -1,4 +1,4 @@
-"""`mlip eos` and `mlip elastic`: the command-line faces of mlip.materials. GPa appear only here."""
+"""`mlip eos`, `mlip elastic` and `mlip phonons`: the command-line faces of mlip.materials. GPa appear only here."""
 
 from __future__ import annotations
 
@@ -80,6 +80,60 @@ def _cmd_elastic(args) -> None:
     print(f"wrote {prefix}.json, {prefix}.png")
 
 
+def _write_table(path: Path, header: str, columns) -> None:
+    from mlip.fileio import atomic_write_text
+
+    atomic_write_text(path, lambda f: np.savetxt(f, np.column_stack(columns), header=header, fmt="%.6f"))
+
+
+def _special_point_frequencies(bands) -> dict:
+    """{label: frequencies (THz)} at each special point of the path (first occurrence)."""
+    result = {}
+    for x, label in zip(bands.special_distance, bands.labels):
+        for name in label.split(","):
+            index = int(np.argmin(np.abs(bands.distance - x)))
+            result.setdefault("Gamma" if name == "G" else name, bands.frequencies[index].round(4).tolist())
+    return result
+
+
+def _cmd_phonons(args) -> None:
+    from mlip.materials import phonons
+
+    phonons.require_phonopy()  # before any work
+    start = time.perf_counter()
+    atoms, prefix = _prepare(args)
+    cell = atoms if args.no_primitive else phonons.primitive_cell(atoms, args.symprec)
+    phonon = phonons.make_phonopy(cell, args.supercell)
+    if args.force_constants == "hessian":
+        phonons.hessian_force_constants(phonon, atoms.calc.potential)
+    else:
+        phonons.displacement_force_constants(phonon, atoms.calc, distance=args.displacement)
+    bands = phonons.band_structure(phonon)
+    dos = phonons.density_of_states(phonon, mesh=args.mesh)
+    thermal = phonons.thermal_properties(phonon, t_max=args.t_max)
+    _write_table(Path(f"{prefix}-bands.dat"), f"distance (1/Å), frequencies (THz); special points "
+                 f"{dict(zip(bands.labels, bands.special_distance.round(5).tolist()))}",
+                 [bands.distance, bands.frequencies])
+    _write_table(Path(f"{prefix}-dos.dat"), "frequency (THz), DOS (1/THz per primitive cell)", dos)
+    _write_table(Path(f"{prefix}-thermal.dat"), "T (K), free energy (kJ/mol), entropy (J/K/mol), heat capacity "
+                 "(J/K/mol), per mole of primitive cells",
+                 [thermal["temperatures"], thermal["free_energy"], thermal["entropy"], thermal["heat_capacity"]])
+    special = _special_point_frequencies(bands)
+    _write_json(Path(f"{prefix}.json"), {"supercell": args.supercell, "force_constants": args.force_constants,
+                                         "n_atoms_primitive": len(cell), "frequencies_THz": special})
+    phonons.plot_phonons(bands, dos, Path(f"{prefix}.png"), title=cell.get_chemical_formula())
+    for label, frequencies in special.items():
+        print(f"{label:>5}: {' '.join(f'{f:7.3f}' for f in frequencies)} THz")
+    room = int(np.argmin(np.abs(thermal["temperatures"] - 300)))
+    print(f"at {thermal['temperatures'][room]:.0f} K: F {thermal['free_energy'][room]:.3f} kJ/mol, "
+          f"S {thermal['entropy'][room]:.3f} J/K/mol, Cv {thermal['heat_capacity'][room]:.3f} J/K/mol "
+          f"(per mole of {cell.get_chemical_formula()})  [{time.perf_counter() - start:.0f} s]")
+    if bands.frequencies.min() < -0.1:
+        print(f"warning: imaginary modes down to {bands.frequencies.min():.2f} THz (shown negative): "
+              "the structure is dynamically unstable or not relaxed")
+    print(f"wrote {prefix}.json, {prefix}.png, {prefix}-bands.dat, {prefix}-dos.dat, {prefix}-thermal.dat")
+
+
 def _add_common(parser) -> None:
     parser.add_argument("structure", nargs="?", type=Path, help="crystal structure file (default: the bundled 64-atom Si)")
     parser.add_argument("--index", default="-1", help="frame of the file to use (default the last)")
@@ -92,7 +146,7 @@ def _add_common(parser) -> None:
 
 
 def add_parsers(commands) -> None:
-    """Add ``eos`` and ``elastic`` to the ``mlip`` subcommand parsers."""
+    """Add ``eos``, ``elastic`` and ``phonons`` to the ``mlip`` subcommand parsers."""
     eos = commands.add_parser(
         "eos",
         help="equation of state: Birch-Murnaghan V0, E0, B0, B0'",
@@ -113,3 +167,20 @@ def add_parsers(commands) -> None:
     elastic.add_argument("--strains", type=float, nargs="+", default=[-0.01, -0.005, 0.005, 0.01],
                          help="Voigt strains applied to each component (default -0.01 -0.005 0.005 0.01)")
     elastic.set_defaults(run=_cmd_elastic)
+    phonons = commands.add_parser(
+        "phonons",
+        help="phonon band structure, DOS and thermal properties through phonopy (extra [phonons])",
+        description="Harmonic phonons of a crystal with phonopy: force constants of a supercell of "
+        "its primitive cell by finite displacements or from the autodiff Hessian; band structure "
+        "along the standard path, DOS and thermal properties (data files and a PNG).",
+    )
+    _add_common(phonons)
+    phonons.add_argument("--supercell", type=int, nargs=3, default=[3, 3, 3], help="supercell of the primitive cell (default 3 3 3)")
+    phonons.add_argument("--force-constants", choices=["displacements", "hessian"], default="displacements",
+                         help="phonopy's finite displacements (default) or the autodiff Hessian")
+    phonons.add_argument("--displacement", type=float, default=0.01, help="finite displacement, Å (default 0.01)")
+    phonons.add_argument("--no-primitive", action="store_true", help="build the supercell of the cell as given, not of its primitive cell")
+    phonons.add_argument("--symprec", type=float, default=1e-3, help="spglib symmetry tolerance, Å (default 0.001)")
+    phonons.add_argument("--mesh", type=int, nargs=3, default=[20, 20, 20], help="q-mesh of the DOS and thermal properties")
+    phonons.add_argument("--t-max", type=float, default=1000.0, help="highest temperature of the thermal table, K")
+    phonons.set_defaults(run=_cmd_phonons)
