@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from ase.build import bulk
 from ase.calculators.calculator import Calculator as AseCalculator
+from ase.calculators.lj import LennardJones
 from ase.eos import birchmurnaghan
 from ase.stress import full_3x3_to_voigt_6_stress
 
@@ -86,6 +87,11 @@ def test_bad_input_is_one_clear_error():
         stiffness(slab)
     with pytest.raises(MlipError, match="mechanically unstable"):
         moduli(-np.eye(6))
+    rattled = bulk("Ar", "fcc", a=5.2, cubic=True)
+    rattled.rattle(0.2, seed=0)
+    rattled.calc = LennardJones(sigma=3.4, epsilon=0.01, rc=8.0, smooth=True)
+    with pytest.raises(MlipError, match="did not relax .* in 2 steps"):
+        equation_of_state(rattled, relax_atoms=True, fmax=1e-4, steps=2)
 
 
 @pytest.fixture(scope="module")

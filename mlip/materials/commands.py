@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import time
 from pathlib import Path
 
@@ -11,8 +10,6 @@ import numpy as np
 
 from mlip.errors import MlipError
 from mlip.units import EV_PER_A3_TO_GPA
-
-log = logging.getLogger("mlip")
 
 
 def _prepare(args):
