@@ -9,6 +9,7 @@ DOS, and the thermal properties per mole of primitive cells (kJ/mol, J/K/mol).
 
 from __future__ import annotations
 
+import warnings
 from typing import NamedTuple
 
 import ase
@@ -42,7 +43,9 @@ def primitive_cell(atoms: ase.Atoms, symprec: float = 1e-3) -> ase.Atoms:
     import spglib
 
     cell = (atoms.cell.array, atoms.get_scaled_positions(), atoms.numbers)
-    found = spglib.standardize_cell(cell, to_primitive=True, symprec=symprec)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # spglib's notice about its error handling
+        found = spglib.standardize_cell(cell, to_primitive=True, symprec=symprec)
     if found is None:
         raise MlipError(f"spglib found no symmetry at symprec {symprec} Å; relax the structure or raise --symprec")
     lattice, positions, numbers = found
@@ -97,23 +100,24 @@ def band_structure(phonon, *, npoints: int = 200) -> Bands:
     path = ase.cell.Cell(phonon.primitive.cell).bandpath(npoints=npoints)
     phonon.run_qpoints(path.kpts)  # reduced coordinates of the primitive reciprocal lattice
     distance, special_distance, labels = path.get_linear_kpoint_axis()
-    return Bands(distance, phonon.get_qpoints_dict()["frequencies"], special_distance, list(labels))
+    return Bands(distance, phonon.qpoints.frequencies, special_distance, list(labels))
 
 
 def density_of_states(phonon, *, mesh=(20, 20, 20)) -> tuple[np.ndarray, np.ndarray]:
     """Total DOS on a q-``mesh``: frequencies [F] (THz) and states [F] (1/THz per primitive cell)."""
     phonon.run_mesh(list(mesh), is_gamma_center=True)  # keeps the point-group reduction
     phonon.run_total_dos()
-    dos = phonon.get_total_dos_dict()
-    return dos["frequency_points"], dos["total_dos"]
+    return phonon.total_dos.frequency_points, phonon.total_dos.dos
 
 
 def thermal_properties(phonon, *, t_max: float = 1000.0, t_step: float = 50.0) -> dict:
     """Harmonic thermal properties from 0 to t_max K (needs `density_of_states`' mesh first):
     temperatures (K), free_energy (kJ/mol), entropy and heat_capacity (J/K/mol), per mole of
-    primitive cells."""
-    phonon.run_thermal_properties(t_min=0, t_max=t_max, t_step=t_step)
-    return {k: np.asarray(v) for k, v in phonon.get_thermal_properties_dict().items()}
+    primitive cells. The three zero-frequency acoustic modes at Gamma are left out (they are
+    translations: kept in, they add a spurious -kT log(tiny frequency) to the free energy)."""
+    phonon.run_thermal_properties(t_min=0, t_max=t_max, t_step=t_step, exclude_gamma_acoustic=True)
+    table = phonon.thermal_properties
+    return {name: np.asarray(getattr(table, name)) for name in ("temperatures", "free_energy", "entropy", "heat_capacity")}
 
 
 def plot_phonons(bands: Bands, dos: tuple[np.ndarray, np.ndarray], path, *, title: str = "") -> None:
