@@ -25,6 +25,7 @@ from mlip.data.frame import check_min_distance, completed_cell, frame_from_atoms
 from mlip.data.graph import Graph, collate
 from mlip.data.neighbors import Edges, edge_vectors_numpy, neighbor_list
 from mlip.data.padding import BucketLadder
+from mlip.errors import MlipError
 from mlip.potential import Potential, Prediction, check_finite
 
 log = logging.getLogger("mlip.calculator")
@@ -168,3 +169,11 @@ class Calculator(AseCalculator):
         }
         if self.compute_stress and result.stress is not None:
             self.results["stress"] = full_3x3_to_voigt_6_stress(result.stress)
+
+    def get_hessian(self, atoms: ase.Atoms | None = None) -> np.ndarray:
+        """Hessian d^2E/dR dR of ``atoms`` (default: the last structure calculated), [3N, 3N]
+        eV/Å^2, by autodiff (`Potential.hessian`)."""
+        atoms = self.atoms if atoms is None else atoms
+        if atoms is None:
+            raise MlipError("get_hessian needs atoms: pass them or calculate a structure first")
+        return self.potential.hessian(atoms)

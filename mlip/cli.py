@@ -438,6 +438,9 @@ def build_parser() -> argparse.ArgumentParser:
     from mlip.distill.commands import add_parsers as add_distill_parsers
 
     add_distill_parsers(commands)
+    from mlip.materials.commands import add_parsers as add_materials_parsers
+
+    add_materials_parsers(commands)
     models = commands.add_parser(
         "models",
         help="list the bundled models (name, default, elements, training data, test errors)",

@@ -1,0 +1,72 @@
+"""The Hessian d^2E/dR dR of one structure by automatic differentiation.
+
+Forward-over-reverse: each block of rows is the JVP of the force function (itself one reverse
+pass, `mlip.potential.compute`) along a block of unit displacement vectors, vmapped. Memory
+grows with the block size, not with the number of atoms squared times the model's activations,
+so a few hundred atoms fit: ``block`` rows cost about ``block`` force evaluations of memory.
+The fused Pallas kernel has no forward mode, so the Hessian always runs the pure-JAX reference
+edge chain (``kernel="reference"``): the same parameters and the same function, only unfused.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import ase
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mlip.data.frame import Frame, frame_from_atoms
+from mlip.data.graph import GraphBatch, build_graph, collate
+from mlip.data.padding import BucketLadder
+from mlip.models.config import FacetConfig
+from mlip.potential import Potential, compute
+
+#: Rows per vmapped JVP: bounds memory at about this many force evaluations.
+DEFAULT_BLOCK = 24
+
+
+def hessian(potential: Potential, structure: Frame | ase.Atoms, *, block: int = DEFAULT_BLOCK) -> np.ndarray:
+    """Hessian H[3i+a, 3j+b] = d^2E / dR_ia dR_jb of ``structure``, [3N, 3N] float64 in eV/Å^2.
+
+    Symmetric up to rounding; rows sum to ~0 over atoms (translation invariance). Periodic
+    images move with their atoms, so for a crystal this is the Gamma-point force-constant
+    matrix of the cell as given.
+    """
+    frame = structure if isinstance(structure, Frame) else frame_from_atoms(structure)
+    potential.check_species(frame.numbers)
+    graph = build_graph(frame, potential.config.r_cut)
+    shape = BucketLadder().shape_for(graph.n_node, graph.n_edge, 1)
+    batch = collate([graph], *shape, dtype=np.dtype(potential.dtype), labels=False)
+    config = dataclasses.replace(potential.config, kernel="reference")
+    n_rows = 3 * frame.n_atoms
+    rows = []
+    # Simulation-grade matmuls: no TF32 on GPUs.
+    with jax.default_matmul_precision("highest"):
+        for start in range(0, n_rows, block):
+            tangents = _unit_tangents(start, block, n_rows, batch.positions.shape, potential.dtype)
+            out = _hessian_rows(config, potential.params, batch, tangents)
+            rows.append(np.asarray(out, np.float64)[: n_rows - start, : frame.n_atoms].reshape(-1, n_rows))
+    return np.concatenate(rows)[:n_rows]
+
+
+def _unit_tangents(start: int, block: int, n_rows: int, shape, dtype) -> np.ndarray:
+    """[block, N_pad, 3]: unit displacements of coordinates start.. start+block-1 (zero past
+    the last real coordinate, so every block has one shape and compiles once)."""
+    tangents = np.zeros((block, *shape), dtype)
+    for k, row in enumerate(range(start, min(start + block, n_rows))):
+        tangents[k, row // 3, row % 3] = 1.0
+    return tangents
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _hessian_rows(config: FacetConfig, params, batch: GraphBatch, tangents: jax.Array) -> jax.Array:
+    """[B, N_pad, 3]: row t of the Hessian is -dF/dR along tangent t (eV/Å^2)."""
+
+    def forces(positions):
+        return compute(config, params, batch._replace(positions=positions)).forces
+
+    _, forces_jvp = jax.linearize(forces, batch.positions)
+    return -jax.vmap(forces_jvp)(jnp.asarray(tangents))
