@@ -1,4 +1,4 @@
-"""Harmonic phonons through phonopy (an optional extra: ``pip install "mlip[phonons]"``).
+"""Harmonic phonons through phonopy (an optional extra: ``pip install "mlip-facet[phonons]"``).
 
 Force constants come either from phonopy's finite displacements (forces of displaced
 supercells, symmetry-reduced) or from the autodiff Hessian of the undisplaced supercell
@@ -34,7 +34,7 @@ def require_phonopy():
     try:
         import phonopy
     except ImportError:
-        raise MlipError('phonons need phonopy: pip install "mlip[phonons]" (or pip install phonopy)') from None
+        raise MlipError('phonons need phonopy: pip install "mlip-facet[phonons]" (or pip install phonopy)') from None
     return phonopy
 
 
