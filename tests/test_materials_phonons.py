@@ -52,5 +52,5 @@ def test_phonons_command(tmp_path, capsys):
 
 def test_missing_phonopy_says_what_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "phonopy", None)  # import phonopy raises ImportError
-    with pytest.raises(MlipError, match=r'pip install "mlip\[phonons\]"'):
+    with pytest.raises(MlipError, match=r'pip install "mlip-facet\[phonons\]"'):
         phonons.require_phonopy()
