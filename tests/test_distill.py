@@ -208,3 +208,27 @@ def test_generate_and_label_from_the_command_line(tmp_path, capsys):
     assert main(["label", str(tmp_path / "missing.xyz"), "-o", str(out)]) == 2
     assert main(["label", str(seeds), "-o", str(tmp_path / "x"), "--teacher", "nope"]) == 2
     assert "unknown teacher" in capsys.readouterr().err
+
+
+def test_sigterm_stops_mlip_label_keeping_finished_seeds(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import ase.io
+
+    ase.io.write(tmp_path / "seeds.extxyz", _seeds(40))
+    out = tmp_path / "labels"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "mlip.cli", "label", str(tmp_path / "seeds.extxyz"), "-o", str(out),
+         "--teacher", "lj", "--seeds-per-shard", "1", "-q"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (out / "index.json").exists() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130 and "interrupted" in err
+    done = ShardedDataset(out).meta["seeds_done"]
+    assert 1 <= len(done) < 40

@@ -33,7 +33,13 @@ def _cmd_generate(args) -> None:
           f"seeds (fewest: {', '.join(f'{s} {n}' for s, n in sorted(coverage.items(), key=lambda x: x[1])[:5])})")
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 def _cmd_label(args) -> None:
+    import signal
+
     import ase.io
 
     from mlip.distill.label import Filters, Recipe, label
@@ -47,6 +53,10 @@ def _cmd_label(args) -> None:
     recipe = Recipe(relax_steps=args.relax_steps, perturbations=args.perturbations,
                     md_steps=args.md_steps, seed=args.seed)
     filters = Filters(max_force=args.max_force, max_stress=args.max_stress)
+    # A labelling run is long and often started in the background (where SIGINT is ignored) or
+    # stopped by a scheduler (SIGTERM): both end it as Ctrl-C does, committing finished seeds.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _interrupt)
     report = label(seeds, args.output, teacher=args.teacher, recipe=recipe, filters=filters,
                    workers=args.workers, seeds_per_shard=args.seeds_per_shard,
                    resume=args.resume, progress=not args.quiet)
