@@ -6,8 +6,10 @@ from __future__ import annotations
 import collections
 from typing import Iterable
 
+import ase
 import numpy as np
-from ase.data import chemical_symbols
+from ase.data import chemical_symbols, covalent_radii
+from ase.neighborlist import neighbor_list
 
 #: Atomic numbers of the 89 elements of MPtrj (and of SevenNet-0 / MACE-MP-0): H..Bi, Ac..Pu.
 MPTRJ_NUMBERS: tuple[int, ...] = tuple(range(1, 84)) + tuple(range(89, 95))
@@ -66,3 +68,12 @@ def element_weights(
     mean = raw.mean() if raw.sum() > 0 else 1.0
     weights = np.maximum(raw, floor * mean)
     return weights / weights.sum()
+
+
+def min_bond_ratio(atoms: ase.Atoms, within: float = 1.0) -> float:
+    """The smallest pair distance of ``atoms`` divided by that pair's covalent bond length
+    (sum of ASE's covalent radii), over pairs closer than ``within`` bond lengths; inf if none."""
+    radii = covalent_radii[atoms.numbers]
+    i, j, d = neighbor_list("ijd", atoms, within * 2 * radii.max())
+    ratios = d / (radii[i] + radii[j])
+    return float(ratios.min()) if len(ratios) else float("inf")

@@ -19,7 +19,7 @@ import ase
 import numpy as np
 
 from mlip.distill import prototypes as protos
-from mlip.distill.chemistry import MPTRJ_ELEMENTS, MPTRJ_NUMBERS, element_weights
+from mlip.distill.chemistry import MPTRJ_ELEMENTS, MPTRJ_NUMBERS, element_weights, min_bond_ratio
 from mlip.errors import MlipError
 
 log = logging.getLogger(__name__)
@@ -83,13 +83,7 @@ MIN_VOLUME = 7.0
 
 def spread(atoms: ase.Atoms) -> ase.Atoms:
     """``atoms`` with the cell scaled up (never down) to meet MIN_BOND_FRACTION and MIN_VOLUME."""
-    from ase.data import covalent_radii
-    from ase.neighborlist import neighbor_list
-
-    radii = covalent_radii[atoms.numbers]
-    i, j, d = neighbor_list("ijd", atoms, 2 * radii.max())
-    ratio = np.min(d / (radii[i] + radii[j])) if len(d) else 1.0
-    scale = max(1.0, MIN_BOND_FRACTION / ratio,
+    scale = max(1.0, MIN_BOND_FRACTION / min_bond_ratio(atoms),
                 (MIN_VOLUME * len(atoms) / atoms.get_volume()) ** (1 / 3))
     atoms = atoms.copy()
     atoms.set_cell(atoms.cell.array * scale, scale_atoms=True)

@@ -37,12 +37,11 @@ from typing import Sequence
 
 import ase
 import numpy as np
-from ase.data import covalent_radii
-from ase.neighborlist import neighbor_list
 from tqdm.auto import tqdm
 
 from mlip.data.frame import Frame, make_frame
 from mlip.data.shards import INDEX_FILE, ShardedDataset, ShardWriter
+from mlip.distill.chemistry import min_bond_ratio
 from mlip.distill.teachers import ENERGY_CONVENTION, Teacher, get_teacher
 from mlip.errors import MlipError
 from mlip.units import EV_PER_A3_TO_GPA as GPA
@@ -103,16 +102,10 @@ def rejection(frame: Frame, filters: Filters) -> str | None:
     low, high = filters.energy_per_atom
     if not low <= frame.energy / frame.n_atoms <= high:
         return f"energy outside [{low:g}, {high:g}] eV/atom"
-    if _too_close(frame, filters.min_distance_fraction):
+    atoms = ase.Atoms(numbers=frame.numbers, positions=frame.positions, cell=frame.cell, pbc=frame.pbc)
+    if min_bond_ratio(atoms, filters.min_distance_fraction) < filters.min_distance_fraction:
         return f"atoms closer than {filters.min_distance_fraction:g} x covalent radii"
     return None
-
-
-def _too_close(frame: Frame, fraction: float) -> bool:
-    radii = covalent_radii[frame.numbers]
-    atoms = ase.Atoms(numbers=frame.numbers, positions=frame.positions, cell=frame.cell, pbc=frame.pbc)
-    i, j, d = neighbor_list("ijd", atoms, fraction * 2 * radii.max())
-    return bool(np.any(d < fraction * (radii[i] + radii[j])))
 
 
 def _labelled(atoms: ase.Atoms, teacher: Teacher, method: str) -> Frame:
