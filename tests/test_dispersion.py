@@ -113,3 +113,19 @@ def test_d3_on_the_command_line(tiny_model, tmp_path, capsys):
     for command in ("relax", "md"):
         assert main([command, str(many), "--model", str(tiny_model), "--d3", "--steps", "2"]) == 2
         assert "--d3 works for one structure only" in capsys.readouterr().err
+
+
+def test_reused_pair_list_gives_the_results_of_a_fresh_build():
+    atoms = _structures()["ZnOCHN"]
+    d3 = D3Dispersion(skin=1.0)
+    d3(atoms)
+    rng = np.random.default_rng(0)
+    for step in range(3):  # moves under skin/2: the list is kept
+        atoms.positions += rng.normal(0, 0.03, atoms.positions.shape)
+        kept, fresh = d3(atoms), D3Dispersion(skin=1.0)(atoms)
+        assert kept.energy == pytest.approx(fresh.energy, abs=1e-12)
+        np.testing.assert_allclose(kept.forces, fresh.forces, atol=1e-12)
+    assert d3.builds == 1
+    atoms.positions[0] += [1.5, 0, 0]  # more than skin/2
+    d3(atoms)
+    assert d3.builds == 2

@@ -75,17 +75,79 @@ class D3Tables(NamedTuple):
     q: np.ndarray
 
 
-class Pairs(NamedTuple):
-    """Half list of atom pairs (each pair and image once), padded to a bucket size P.
+class PairSet(NamedTuple):
+    """Atom pairs with their periodic images, padded to a bucket size P.
 
     i, j: int32 [P], atom indices; shifts: float [P, 3], integer cell translation of j's image;
-    mask: bool [P], real pairs (padding: i = j = 0, shift 0).
+    mask: bool [P], real pairs (padding: i = j = 0, shift 0); distinct: int32 [P], row of the
+    pair's atoms (i, j) in `Pairs.first` / `Pairs.second`.
     """
 
     i: np.ndarray
     j: np.ndarray
     shifts: np.ndarray
     mask: np.ndarray
+    distinct: np.ndarray
+
+
+class Pairs(NamedTuple):
+    """Half list (each pair and image once) split by distance at build time: ``near`` pairs
+    (closer than the CN cutoff + skin) count in the coordination numbers, ``far`` ones do not.
+    C6 depends on the two atoms, not on the image, so it is computed once per distinct atom
+    pair, first [U] and second [U] (int32, padded with 0, 0): a 64-atom cell has 213k pairs
+    within 31.75 Å but 2,080 distinct ones.
+    """
+
+    near: PairSet
+    far: PairSet
+    first: np.ndarray
+    second: np.ndarray
+
+
+def _bucket(n: int) -> int:
+    """Padded size: a multiple of an eighth of the power of two below n (waste < 1/8; a run
+    whose pair count drifts compiles a few shapes)."""
+    step = max(256, 2 ** int(np.log2(max(n, 1))) // 8)
+    return -(-max(n, 1) // step) * step
+
+
+def _pad(array: np.ndarray, size: int) -> np.ndarray:
+    return np.pad(array, [(0, size - len(array))] + [(0, 0)] * (array.ndim - 1))
+
+
+def pair_list(positions, cell, pbc, cutoff: float, cn_cutoff: float) -> Pairs:
+    """Every pair (and periodic image) closer than ``cutoff`` (Å) once (vesin half list), split
+    at ``cn_cutoff`` (Å) into near and far pairs, each padded to a bucket."""
+    positions = np.ascontiguousarray(positions, dtype=np.float64)
+    pbc = [bool(p) for p in np.broadcast_to(np.asarray(pbc, bool), (3,))]
+    calculator = vesin.NeighborList(cutoff=float(cutoff), full_list=False, n_threads=1)
+    i, j, shifts, distances = calculator.compute(positions, np.asarray(cell, np.float64).reshape(3, 3), pbc, "ijSd")
+    i, j = i.astype(np.int32), j.astype(np.int32)
+    n_atoms = len(positions)
+    keys = np.minimum(i, j).astype(np.int64) * n_atoms + np.maximum(i, j)
+    if n_atoms <= 4096:  # a dense table of atom pairs: linear time, where np.unique sorts
+        present = np.zeros(n_atoms * n_atoms, bool)
+        present[keys] = True
+        distinct_keys = np.flatnonzero(present)
+        distinct = (np.cumsum(present, dtype=np.int32) - 1)[keys]
+    else:
+        distinct_keys, distinct = np.unique(keys, return_inverse=True)
+        distinct = distinct.astype(np.int32)
+
+    def subset(select) -> PairSet:
+        size = _bucket(int(select.sum()))
+        return PairSet(
+            i=_pad(i[select], size), j=_pad(j[select], size), shifts=_pad(shifts[select].astype(np.float64), size),
+            mask=np.arange(size) < select.sum(), distinct=_pad(distinct[select], size),
+        )
+
+    near = distances < cn_cutoff
+    size = _bucket(len(distinct_keys))
+    return Pairs(
+        near=subset(near), far=subset(~near),
+        first=_pad((distinct_keys // n_atoms).astype(np.int32), size),
+        second=_pad((distinct_keys % n_atoms).astype(np.int32), size),
+    )
 
 
 @functools.lru_cache(maxsize=1)
@@ -121,62 +183,52 @@ def d3_tables(species) -> D3Tables:
     )
 
 
-def pair_list(positions, cell, pbc, cutoff: float) -> Pairs:
-    """Every pair (and periodic image) closer than ``cutoff`` (Å) once, padded to a bucket
-    (multiples of an eighth of the power of two below, so a run compiles a few shapes)."""
-    positions = np.ascontiguousarray(positions, dtype=np.float64)
-    pbc = [bool(p) for p in np.broadcast_to(np.asarray(pbc, bool), (3,))]
-    calculator = vesin.NeighborList(cutoff=float(cutoff), full_list=False, n_threads=1)
-    i, j, shifts = calculator.compute(positions, np.asarray(cell, np.float64).reshape(3, 3), pbc, "ijS")
-    n = len(i)
-    step = max(256, 2 ** int(np.log2(max(n, 1))) // 8)
-    size = -(-max(n, 1) // step) * step
-    pad = size - n
-    return Pairs(
-        i=np.pad(i.astype(np.int32), (0, pad)),
-        j=np.pad(j.astype(np.int32), (0, pad)),
-        shifts=np.pad(shifts.astype(np.float64), ((0, pad), (0, 0))),
-        mask=np.arange(size) < n,
-    )
+def _pair_geometry(params: D3Params, positions, cell, pairs: PairSet):
+    """(r^2 in bohr^2 [P], inside the pair cutoff [P]); r^2 = 1 where outside (NaN-safe)."""
+    vectors = positions[pairs.j] - positions[pairs.i] + pairs.shifts.astype(positions.dtype) @ cell
+    r2 = jnp.sum(vectors**2, axis=-1) / BOHR**2
+    inside = pairs.mask & (r2 <= (params.cutoff / BOHR) ** 2)
+    # Double where: padding pairs have r = 0, and their gradient must stay finite.
+    return jnp.where(inside, r2, 1.0), inside
 
 
 def d3_pair_energies(tables: D3Tables, params: D3Params, species_index, positions, cell, pairs: Pairs) -> jax.Array:
-    """Two-body D3(BJ) energy of every pair, [P] eV (zero for padding and beyond the cutoff).
+    """Two-body D3(BJ) energy of every pair, [P_near + P_far] eV (near pairs first; zero for
+    padding and beyond the cutoff).
 
     Args:
         species_index: int [N], row of each atom in ``tables``.
         positions: float [N, 3], Å; cell: float [3, 3], Å (rows are lattice vectors).
     """
-    vectors = positions[pairs.j] - positions[pairs.i] + pairs.shifts.astype(positions.dtype) @ cell
-    r2 = jnp.sum(vectors**2, axis=-1) / BOHR**2
-    inside = pairs.mask & (r2 <= (params.cutoff / BOHR) ** 2)
-    # Double where: padding pairs have r = 0, and their gradient must stay finite.
-    r2 = jnp.where(inside, r2, 1.0)
-    r = jnp.sqrt(r2)
-    si, sj = species_index[pairs.i], species_index[pairs.j]
-
-    rcov = jnp.asarray(tables.rcov, positions.dtype)
-    count = 1.0 / (1.0 + jnp.exp(-16.0 * ((rcov[si] + rcov[sj]) / r - 1.0)))
-    count = jnp.where(inside & (r2 <= (params.cn_cutoff / BOHR) ** 2), count, 0.0)
     n_atoms = positions.shape[0]
-    cn = jax.ops.segment_sum(count, pairs.i, n_atoms) + jax.ops.segment_sum(count, pairs.j, n_atoms)
+    rcov = jnp.asarray(tables.rcov, positions.dtype)
+    near_r2, near_inside = _pair_geometry(params, positions, cell, pairs.near)
+    i, j = pairs.near.i, pairs.near.j
+    count = 1.0 / (1.0 + jnp.exp(-16.0 * ((rcov[species_index[i]] + rcov[species_index[j]]) / jnp.sqrt(near_r2) - 1.0)))
+    count = jnp.where(near_inside & (near_r2 <= (params.cn_cutoff / BOHR) ** 2), count, 0.0)
+    cn = jax.ops.segment_sum(count, i, n_atoms) + jax.ops.segment_sum(count, j, n_atoms)
 
     # Gaussian weights over each atom's references: a softmax, so that an atom far from every
     # reference (all weights underflowing) falls on the nearest one instead of dividing by zero.
     ref_cn = jnp.asarray(tables.ref_cn, positions.dtype)[species_index]
     logits = jnp.where(tables.ref_mask[species_index], -4.0 * (cn[:, None] - ref_cn) ** 2, -jnp.inf)
     weights = jax.nn.softmax(logits, axis=-1)  # [N, R]
-    # C6 of a pair = w_i . C6ref(s_i, s_j) . w_j; contract atom i's side per species first.
+    # C6 of a distinct atom pair = w_a . C6ref(s_a, s_b) . w_b; atom a's side per species first.
     c6_ref = jnp.asarray(tables.c6, positions.dtype)
     left = jnp.einsum("na,nsab->nsb", weights, c6_ref[species_index])  # [N, S, R]
-    c6 = jnp.sum(left[pairs.i, sj] * weights[pairs.j], axis=-1)
+    c6_distinct = jnp.sum(left[pairs.first, species_index[pairs.second]] * weights[pairs.second], axis=-1)
 
     q = jnp.asarray(tables.q, positions.dtype)
-    qq = 3.0 * q[si] * q[sj]
-    r0 = params.a1 * jnp.sqrt(qq) + params.a2
-    r6 = r2**3
-    energy = -c6 * (params.s6 / (r6 + r0**6) + params.s8 * qq / (r6 * r2 + r0**8))
-    return jnp.where(inside, energy, 0.0) * HARTREE
+
+    def energies(r2, inside, pairs: PairSet):
+        qq = 3.0 * q[species_index[pairs.i]] * q[species_index[pairs.j]]
+        r0 = params.a1 * jnp.sqrt(qq) + params.a2
+        r6 = r2**3
+        energy = -c6_distinct[pairs.distinct] * (params.s6 / (r6 + r0**6) + params.s8 * qq / (r6 * r2 + r0**8))
+        return jnp.where(inside, energy, 0.0) * HARTREE
+
+    far_r2, far_inside = _pair_geometry(params, positions, cell, pairs.far)
+    return jnp.concatenate([energies(near_r2, near_inside, pairs.near), energies(far_r2, far_inside, pairs.far)])
 
 
 def d3_energy(tables: D3Tables, params: D3Params, species_index, positions, cell, pairs: Pairs) -> jax.Array:
@@ -200,7 +252,9 @@ def _energy_forces_stress(tables, params, species_index, positions, cell, pairs)
     )
     n_atoms = positions.shape[0]
     halves = 0.5 * pair_energies
-    energies = jax.ops.segment_sum(halves, pairs.i, n_atoms) + jax.ops.segment_sum(halves, pairs.j, n_atoms)
+    i = jnp.concatenate([pairs.near.i, pairs.far.i])
+    j = jnp.concatenate([pairs.near.j, pairs.far.j])
+    energies = jax.ops.segment_sum(halves, i, n_atoms) + jax.ops.segment_sum(halves, j, n_atoms)
     return total, energies, -grad_positions, grad_strain
 
 
@@ -217,15 +271,21 @@ class DispersionResult(NamedTuple):
 class D3Dispersion:
     """D3(BJ) energy, forces and stress of ase.Atoms (host driver of `d3_pair_energies`).
 
-    The pair list is rebuilt at every call (vesin; a few ms for a 64-atom solid at 31.75 Å)
-    and padded to buckets, so an MD run or a relaxation compiles a few times at most.
+    The pair list (vesin) is built with a Verlet ``skin`` (Å) on both cutoffs and kept on the
+    device while no atom has moved more than skin/2 and the cell, species and periodicity are
+    unchanged; pairs beyond the cutoffs contribute exactly zero, so results equal a fresh
+    build. Padded to buckets, so an MD run or a relaxation compiles a few times at most.
     ``dtype``: float32 or float64 (float64 needs jax_enable_x64).
     """
 
-    def __init__(self, params: D3Params = PBE, dtype: str = "float64"):
+    def __init__(self, params: D3Params = PBE, dtype: str = "float64", skin: float = 1.0):
         self.params = params
         self.dtype = np.dtype(dtype)
+        self.skin = float(skin)
+        self.builds = 0
         self._tables: dict[tuple, D3Tables] = {}
+        self._reference = None  # (numbers, pbc, cell, positions) of the last build
+        self._pairs = None
 
     @classmethod
     def from_name(cls, name: str, dtype: str = "float64") -> "D3Dispersion":
@@ -233,19 +293,31 @@ class D3Dispersion:
             raise MlipError(f"unknown dispersion {name!r}: choose one of {', '.join(DISPERSION_MODELS)}")
         return cls(DISPERSION_MODELS[name], dtype)
 
+    def _device_pairs(self, atoms) -> Pairs:
+        cell = np.asarray(atoms.cell.array, np.float64)
+        if self._reference is not None:
+            numbers, pbc, cell0, positions0 = self._reference
+            same = len(numbers) == len(atoms) and np.all(numbers == atoms.numbers) and np.all(pbc == atoms.pbc)
+            if same and np.array_equal(cell, cell0):
+                moved = np.linalg.norm(atoms.positions - positions0, axis=1).max(initial=0.0)
+                if 2 * moved < self.skin:
+                    return self._pairs
+        pairs = pair_list(atoms.positions, cell, atoms.pbc, self.params.cutoff + self.skin, self.params.cn_cutoff + self.skin)
+        self._pairs = jax.tree.map(lambda a: jnp.asarray(a, self.dtype) if a.dtype.kind == "f" else jnp.asarray(a), pairs)
+        self._reference = (atoms.numbers.copy(), atoms.pbc.copy(), cell, atoms.positions.copy())
+        self.builds += 1
+        return self._pairs
+
     def __call__(self, atoms) -> DispersionResult:
-        numbers = np.asarray(atoms.numbers)
-        species, species_index = np.unique(numbers, return_inverse=True)
+        species, species_index = np.unique(np.asarray(atoms.numbers), return_inverse=True)
         key = tuple(species)
         if key not in self._tables:
-            self._tables[key] = d3_tables(species)
-        tables = jax.tree.map(lambda a: jnp.asarray(a) if a.dtype == bool else jnp.asarray(a, self.dtype), self._tables[key])
+            tables = d3_tables(species)
+            self._tables[key] = jax.tree.map(lambda a: jnp.asarray(a, self.dtype) if a.dtype.kind == "f" else jnp.asarray(a), tables)
         cell = np.asarray(atoms.cell.array, np.float64)
-        pairs = pair_list(atoms.positions, cell, atoms.pbc, self.params.cutoff)
-        pairs = Pairs(jnp.asarray(pairs.i), jnp.asarray(pairs.j), jnp.asarray(pairs.shifts, self.dtype), jnp.asarray(pairs.mask))
         energy, energies, forces, virial = _energy_forces_stress(
-            tables, self.params, jnp.asarray(species_index, jnp.int32), jnp.asarray(atoms.positions, self.dtype),
-            jnp.asarray(cell, self.dtype), pairs,
+            self._tables[key], self.params, jnp.asarray(species_index, jnp.int32),
+            jnp.asarray(atoms.positions, self.dtype), jnp.asarray(cell, self.dtype), self._device_pairs(atoms),
         )
         stress = None
         if np.all(atoms.pbc):
