@@ -231,11 +231,6 @@ def d3_pair_energies(tables: D3Tables, params: D3Params, species_index, position
     return jnp.concatenate([energies(near_r2, near_inside, pairs.near), energies(far_r2, far_inside, pairs.far)])
 
 
-def d3_energy(tables: D3Tables, params: D3Params, species_index, positions, cell, pairs: Pairs) -> jax.Array:
-    """Total two-body D3(BJ) energy, eV (scalar); see `d3_pair_energies`."""
-    return jnp.sum(d3_pair_energies(tables, params, species_index, positions, cell, pairs))
-
-
 @functools.partial(jax.jit, static_argnums=(1,))
 def _energy_forces_stress(tables, params, species_index, positions, cell, pairs):
     """(energy eV, per-atom energies [N] eV, forces [N, 3] eV/Å, dE/dε [3, 3] eV)."""
