@@ -9,6 +9,7 @@ one warm-up (compilation excluded, reported apart).
 """
 
 import argparse
+import functools
 import time
 
 import jax
@@ -23,6 +24,11 @@ def _median_seconds(function, repeat):
         function()
         times.append(time.perf_counter() - start)
     return float(np.median(times))
+
+
+def _model_call(calculator, atoms):
+    calculator.reset()
+    calculator.calculate(atoms, ["energy", "forces", "stress"])
 
 
 def main():
@@ -47,15 +53,11 @@ def main():
         d3_first = time.perf_counter() - start
         cutoffs = (PBE.cutoff + d3.skin, PBE.cn_cutoff + d3.skin)
         pairs = pair_list(atoms.positions, atoms.cell.array, atoms.pbc, *cutoffs)
-        t_pairs = _median_seconds(lambda: pair_list(atoms.positions, atoms.cell.array, atoms.pbc, *cutoffs), args.repeat)
-        t_d3 = _median_seconds(lambda: d3(atoms), args.repeat)  # same positions: the pair list is reused
+        t_pairs = _median_seconds(functools.partial(pair_list, atoms.positions, atoms.cell.array, atoms.pbc, *cutoffs), args.repeat)
+        t_d3 = _median_seconds(functools.partial(d3, atoms), args.repeat)  # same positions: the pair list is reused
         n_pairs = int(pairs.near.mask.sum() + pairs.far.mask.sum())
         n_padded = len(pairs.near.mask) + len(pairs.far.mask)
-
-        def model_call():
-            model.reset()
-            model.calculate(atoms, ["energy", "forces", "stress"])
-
+        model_call = functools.partial(_model_call, model, atoms)
         start = time.perf_counter()
         model_call()
         model_first = time.perf_counter() - start

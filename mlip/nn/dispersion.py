@@ -283,7 +283,7 @@ class D3Dispersion:
         self._pairs = None
 
     @classmethod
-    def from_name(cls, name: str, dtype: str = "float64") -> "D3Dispersion":
+    def from_name(cls, name: str, dtype: str = "float64") -> D3Dispersion:
         if name not in DISPERSION_MODELS:
             raise MlipError(f"unknown dispersion {name!r}: choose one of {', '.join(DISPERSION_MODELS)}")
         return cls(DISPERSION_MODELS[name], dtype)
