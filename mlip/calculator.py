@@ -189,4 +189,3 @@ class Calculator(AseCalculator):
         if atoms is None:
             raise MlipError("get_hessian needs atoms: pass them or calculate a structure first")
         return self.potential.hessian(atoms)
-

@@ -408,7 +408,8 @@ def _add_simulation_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", type=Path, default=None,
                         help="potential file (from mlip train or mlip create); default: the bundled mlearn Si model")
     parser.add_argument("--dtype", choices=["float32", "float64"], default=None, help="cast the potential (default: as saved)")
-    parser.add_argument("--d3", action="store_true", help="add Grimme's D3(BJ) dispersion with PBE parameters (two-body) to energy, forces and stress" " (one structure)")
+    parser.add_argument("--d3", action="store_true", help="add Grimme's D3(BJ) dispersion with PBE parameters (two-body) to energy, forces and "
+                        "stress (one structure: not yet in the batched engine)")
     parser.add_argument("--batch-atoms", type=int, default=2048,
                         help="several structures: atom slots of the device batch (default 2048)")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
