@@ -5,7 +5,7 @@ pass, `mlip.potential.compute`) along a block of unit displacement vectors, vmap
 forces run with the edges in chunks (`edge_chunk`, the chunked message sum of
 `mlip.nn.message_passing`, rematerialised per chunk), so a block holds the per-edge
 intermediates of one chunk per row, not of every edge: the memory of a block stops growing with
-the number of atoms beyond the per-edge inputs (a 64-atom cell: 1.6 GB peak instead of 2.7 GB
+the number of atoms beyond the per-edge inputs (a 64-atom cell: 1.5 GB peak instead of 2.7 GB
 at 24 rows, for 4% more time per row; benchmarks/RESULTS.md). ``block`` rows cost about
 ``block`` chunked force evaluations of memory. The fused Pallas kernel has no forward mode, so
 the Hessian always runs the pure-JAX reference edge chain (``kernel="reference"``): the same
