@@ -4,7 +4,8 @@ Per call it validates the structure, reuses a neighbour list built with a skin w
 still valid, pads the graph to the bucket ladder (so an MD run or a relaxation of a fixed
 number of atoms compiles a bounded number of times), and runs the potential's single jitted
 value_and_grad. Results: energy and free_energy (eV), forces (eV/Å), stress (Voigt, eV/Å^3,
-ASE sign; fully periodic structures only) and per-atom energies (eV).
+ASE sign; fully periodic structures only) and per-atom energies (eV). With
+``dispersion="d3bj"`` each of them includes the D3(BJ) dispersion term (`mlip.nn.dispersion`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from mlip.data.graph import Graph, collate
 from mlip.data.neighbors import Edges, edge_vectors_numpy, neighbor_list
 from mlip.data.padding import BucketLadder
 from mlip.errors import MlipError
+from mlip.nn.dispersion import D3Dispersion, add_dispersion
 from mlip.potential import Potential, Prediction, check_finite
 
 log = logging.getLogger("mlip.calculator")
@@ -108,6 +110,9 @@ class Calculator(AseCalculator):
         ladder: bucket ladder of padded shapes (default `BucketLadder()`).
         compilation_cache: directory for JAX's persistent compilation cache (None: leave JAX's
             setting alone). Default ~/.cache/mlip/jax, or $MLIP_CACHE_DIR.
+        dispersion: None, or "d3bj" to add Grimme's D3(BJ) dispersion with PBE parameters
+            (two-body, `mlip.nn.dispersion`) to energy, forces, stress and per-atom energies;
+            computed in float64 when JAX's x64 mode is on, else float32.
     """
 
     implemented_properties = ["energy", "free_energy", "forces", "stress", "energies"]
@@ -122,6 +127,7 @@ class Calculator(AseCalculator):
         min_distance: float = 0.5,
         ladder: BucketLadder | None = None,
         compilation_cache=DEFAULT_CACHE_DIR,
+        dispersion: str | None = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -136,6 +142,10 @@ class Calculator(AseCalculator):
         self.min_distance = min_distance
         self.ladder = ladder or BucketLadder()
         self.neighbors = SkinNeighborList(potential.config.r_cut, skin)
+        self.dispersion = None
+        if dispersion is not None:
+            dtype = "float64" if jax.config.jax_enable_x64 else "float32"
+            self.dispersion = D3Dispersion.from_name(dispersion, dtype)
 
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
         super().calculate(atoms, properties, system_changes)
@@ -161,6 +171,8 @@ class Calculator(AseCalculator):
             forces=np.asarray(out.forces[:n], dtype=np.float64),
             stress=np.asarray(out.stress[0], np.float64) if atoms.pbc.all() else None,
         ), frame)
+        if self.dispersion is not None:
+            result = add_dispersion(result, self.dispersion(atoms))
         self.results = {
             "energy": result.energy,
             "free_energy": result.energy,

@@ -152,10 +152,19 @@ def _cmd_predict(args) -> None:
     from mlip.units import EV_PER_A3_TO_GPA
 
     potential = load_model(args.model, args.dtype)
+    dispersion = None
+    if args.d3:
+        import jax
+
+        from mlip.nn.dispersion import D3Dispersion, add_dispersion
+
+        dispersion = D3Dispersion.from_name("d3bj", "float64" if jax.config.jax_enable_x64 else "float32")
     report = ReadReport()
     frames = read_frames(args.structure, require_labels=False, report=report, **_read_options(args))
     # Streamed: each batch is printed as soon as it is computed, in bounded memory.
     for frame, result in potential.predict_frames(frames, max_nodes=args.batch_nodes):
+        if dispersion is not None:
+            result = add_dispersion(result, dispersion(frame.to_atoms()))
         line = (
             f"frame {frame.index}: {frame.n_atoms} atoms, energy {result.energy:.6f} eV "
             f"({result.energy / frame.n_atoms:.6f} eV/atom), max |F| "
@@ -223,7 +232,7 @@ def _read_structures(args) -> list:
 def _attach_calculator(atoms, args):
     from mlip.calculator import Calculator
 
-    atoms.calc = Calculator(load_model(args.model, args.dtype))
+    atoms.calc = Calculator(load_model(args.model, args.dtype), dispersion="d3bj" if args.d3 else None)
     return atoms
 
 
@@ -282,7 +291,7 @@ def _relax_many(args, structures, output) -> None:
     from mlip.simulate import write_structure
 
     _refuse_single_structure_options(
-        args, structures, **{"--traj": args.traj, f"--optimizer {args.optimizer}": args.optimizer != "fire"}
+        args, structures, **{"--traj": args.traj, f"--optimizer {args.optimizer}": args.optimizer != "fire", "--d3": args.d3}
     )
     potential = _load_potential(args)
     start = time.perf_counter()
@@ -334,7 +343,7 @@ def _md_many(args, structures) -> None:
     from mlip.fileio import atomic_write_bytes
     from mlip.simulate import write_structure
 
-    _refuse_single_structure_options(args, structures, **{"--traj": args.traj})
+    _refuse_single_structure_options(args, structures, **{"--traj": args.traj, "--d3": args.d3})
     potential = _load_potential(args)
     start = time.perf_counter()
     results = sim.md(
@@ -399,6 +408,8 @@ def _add_simulation_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", type=Path, default=None,
                         help="potential file (from mlip train or mlip create); default: the bundled mlearn Si model")
     parser.add_argument("--dtype", choices=["float32", "float64"], default=None, help="cast the potential (default: as saved)")
+    parser.add_argument("--d3", action="store_true", help="add Grimme's D3(BJ) dispersion with PBE parameters (two-body) to energy, forces and "
+                        "stress (one structure: not yet in the batched engine)")
     parser.add_argument("--batch-atoms", type=int, default=2048,
                         help="several structures: atom slots of the device batch (default 2048)")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
@@ -492,6 +503,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("structure", type=Path, help="structure file (any supported format)")
     predict.add_argument("--dtype", choices=["float32", "float64"], default=None, help="cast the potential (default: as saved)")
     predict.add_argument("--batch-nodes", type=int, default=1024, help="atoms per batch (default 1024)")
+    predict.add_argument("--d3", action="store_true", help="add Grimme's D3(BJ) dispersion with PBE parameters (two-body) to energy, forces and stress")
     _add_read_options(predict)
     predict.set_defaults(run=_cmd_predict)
     evaluate = commands.add_parser(

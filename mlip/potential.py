@@ -217,12 +217,13 @@ class Potential:
             raise frame.error(str(exc)) from None
         return build_graph(frame, self.config.r_cut)
 
-    def hessian(self, structure: Frame | ase.Atoms, *, block: int = 24) -> np.ndarray:
+    def hessian(self, structure: Frame | ase.Atoms, **options) -> np.ndarray:
         """Hessian d^2E/dR dR of one structure, [3N, 3N] eV/Å^2, by autodiff in this potential's
-        dtype (forward-over-reverse, ``block`` rows at a time; see mlip.materials.hessian)."""
+        dtype (forward-over-reverse; ``options``: ``block`` rows at a time, edges in chunks of
+        ``edge_chunk``; see mlip.materials.hessian.hessian)."""
         from mlip.materials.hessian import hessian
 
-        return hessian(self, structure, block=block)
+        return hessian(self, structure, **options)
 
     def check_species(self, numbers) -> None:
         """Raise MlipError naming any element the potential was not trained on."""

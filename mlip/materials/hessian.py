@@ -1,11 +1,15 @@
 """The Hessian d^2E/dR dR of one structure by automatic differentiation.
 
 Forward-over-reverse: each block of rows is the JVP of the force function (itself one reverse
-pass, `mlip.potential.compute`) along a block of unit displacement vectors, vmapped. Memory
-grows with the block size, not with the number of atoms squared times the model's activations,
-so a few hundred atoms fit: ``block`` rows cost about ``block`` force evaluations of memory.
-The fused Pallas kernel has no forward mode, so the Hessian always runs the pure-JAX reference
-edge chain (``kernel="reference"``): the same parameters and the same function, only unfused.
+pass, `mlip.potential.compute`) along a block of unit displacement vectors, vmapped. The
+forces run with the edges in chunks (`edge_chunk`, the chunked message sum of
+`mlip.nn.message_passing`, rematerialised per chunk), so a block holds the per-edge
+intermediates of one chunk per row, not of every edge: the memory of a block stops growing with
+the number of atoms beyond the per-edge inputs (a 64-atom cell: 1.5 GB peak instead of 2.7 GB
+at 24 rows, for 4% more time per row; benchmarks/RESULTS.md). ``block`` rows cost about
+``block`` chunked force evaluations of memory. The fused Pallas kernel has no forward mode, so
+the Hessian always runs the pure-JAX reference edge chain (``kernel="reference"``): the same
+parameters and the same function, only unfused.
 """
 
 from __future__ import annotations
@@ -24,12 +28,20 @@ from mlip.data.padding import BucketLadder
 from mlip.models.config import FacetConfig
 from mlip.potential import Potential, compute
 
-#: Rows per vmapped JVP: bounds memory at about this many force evaluations.
+#: Rows per vmapped JVP: bounds memory at about this many chunked force evaluations.
 DEFAULT_BLOCK = 24
+#: Edges per chunk of the force evaluations inside the Hessian.
+DEFAULT_EDGE_CHUNK = 512
 
 
-def hessian(potential: Potential, structure: Frame | ase.Atoms, *, block: int = DEFAULT_BLOCK) -> np.ndarray:
+def hessian(
+    potential: Potential, structure: Frame | ase.Atoms, *, block: int = DEFAULT_BLOCK,
+    edge_chunk: int | None = DEFAULT_EDGE_CHUNK,
+) -> np.ndarray:
     """Hessian H[3i+a, 3j+b] = d^2E / dR_ia dR_jb of ``structure``, [3N, 3N] float64 in eV/Å^2.
+
+    ``block`` rows are computed together (vmapped), with the edges in chunks of ``edge_chunk``
+    (None: unchunked, fastest for small cells, memory growing with block x edges).
 
     Symmetric up to rounding; rows sum to ~0 over atoms (translation invariance). Periodic
     images move with their atoms, so for a crystal this is the Gamma-point force-constant
@@ -47,7 +59,7 @@ def hessian(potential: Potential, structure: Frame | ase.Atoms, *, block: int = 
     with jax.default_matmul_precision("highest"):
         for start in range(0, n_rows, block):
             tangents = _unit_tangents(start, block, n_rows, batch.positions.shape, potential.dtype)
-            out = _hessian_rows(config, potential.params, batch, tangents)
+            out = _hessian_rows(config, edge_chunk, potential.params, batch, tangents)
             rows.append(np.asarray(out, np.float64)[: n_rows - start, : frame.n_atoms].reshape(-1, n_rows))
     return np.concatenate(rows)[:n_rows]
 
@@ -61,12 +73,12 @@ def _unit_tangents(start: int, block: int, n_rows: int, shape, dtype) -> np.ndar
     return tangents
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _hessian_rows(config: FacetConfig, params, batch: GraphBatch, tangents: jax.Array) -> jax.Array:
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _hessian_rows(config: FacetConfig, edge_chunk: int | None, params, batch: GraphBatch, tangents: jax.Array) -> jax.Array:
     """[B, N_pad, 3]: row t of the Hessian is -dF/dR along tangent t (eV/Å^2)."""
 
     def forces(positions):
-        return compute(config, params, batch._replace(positions=positions)).forces
+        return compute(config, params, batch._replace(positions=positions), edge_chunk=edge_chunk).forces
 
     _, forces_jvp = jax.linearize(forces, batch.positions)
     return -jax.vmap(forces_jvp)(jnp.asarray(tangents))
