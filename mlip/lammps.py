@@ -34,6 +34,7 @@ import ctypes
 import logging
 import re
 import shlex
+import time
 from pathlib import Path
 from typing import NamedTuple
 
@@ -215,7 +216,11 @@ class Coupling:
         self.lmp, self.fix_id, self.graphs, self.comm = lmp, fix_id, graphs, comm
         self.skin = skin
         self._neighbors = None
+        #: Force calls so far, and wall seconds spent in them: all of the callback, and the part
+        #: inside the potential (the rest is the coupling's host work: graph, padding, ghost forces).
         self.calls = 0
+        self.callback_seconds = 0.0
+        self.model_seconds = 0.0
 
     @property
     def ghost_cutoff(self) -> float:
@@ -226,6 +231,7 @@ class Coupling:
         """fix external callback: fills ``f`` [nlocal, 3] (eV/Å) and sets energy and virial."""
         from mlip.exported import pad_graph
 
+        start = time.perf_counter()
         lmp = self.lmp
         types = lmp.numpy.extract_atom("type", nelem=nlocal + lmp.extract_global("nghost"))
         if self.mode == "periodic":
@@ -235,7 +241,10 @@ class Coupling:
             positions = np.array(lmp.numpy.extract_atom("x", nelem=nlocal + nghost), np.float64)
             keep, senders, receivers, vectors = receptive_graph(positions, nlocal, self.graphs.r_cut, self.graphs.num_layers)
         species = self.type_species[types[keep]]
-        out = self.graphs.graph_outputs(*pad_graph(vectors, species, senders, receivers, np.arange(len(keep)) < nlocal))
+        padded = pad_graph(vectors, species, senders, receivers, np.arange(len(keep)) < nlocal)
+        model_start = time.perf_counter()
+        out = self.graphs.graph_outputs(*padded)
+        self.model_seconds += time.perf_counter() - model_start
         forces = out.forces[:nlocal].copy()
         energy, virial = float(out.energy), out.virial
         if self.mode == "ghost":
@@ -251,6 +260,7 @@ class Coupling:
                                                          virial[0, 1], virial[0, 2], virial[1, 2]])
         lmp.fix_external_set_energy_peratom(self.fix_id, out.energies[:nlocal])
         self.calls += 1
+        self.callback_seconds += time.perf_counter() - start
 
     def _periodic_graph(self, positions, types):
         from ase import Atoms
