@@ -20,6 +20,11 @@ def _cmd_export(args) -> None:
 def _cmd_lammps(args) -> None:
     from mlip.lammps import run_deck
 
+    from mlip.errors import MlipError
+
+    bad = [v for v in args.var or [] if "=" not in v]
+    if bad:
+        raise MlipError(f"--var takes NAME=VALUE, got {bad[0]!r}")
     variables = dict(v.split("=", 1) for v in args.var or [])
     start = time.perf_counter()
     lmp, coupling = run_deck(args.input, args.model, args.elements, fix_id=args.fix, mode=args.mode,

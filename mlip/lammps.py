@@ -233,12 +233,12 @@ class Coupling:
 
         start = time.perf_counter()
         lmp = self.lmp
-        types = lmp.numpy.extract_atom("type", nelem=nlocal + lmp.extract_global("nghost"))
+        ntotal = nlocal + lmp.extract_global("nghost")
+        types = lmp.numpy.extract_atom("type", nelem=ntotal)
         if self.mode == "periodic":
             keep, senders, receivers, vectors = self._periodic_graph(np.array(x, np.float64), types[:nlocal])
         else:
-            nghost = lmp.extract_global("nghost")
-            positions = np.array(lmp.numpy.extract_atom("x", nelem=nlocal + nghost), np.float64)
+            positions = np.array(lmp.numpy.extract_atom("x", nelem=ntotal), np.float64)
             keep, senders, receivers, vectors = receptive_graph(positions, nlocal, self.graphs.r_cut, self.graphs.num_layers)
         species = self.type_species[types[keep]]
         padded = pad_graph(vectors, species, senders, receivers, np.arange(len(keep)) < nlocal)
@@ -248,7 +248,7 @@ class Coupling:
         forces = out.forces[:nlocal].copy()
         energy, virial = float(out.energy), out.virial
         if self.mode == "ghost":
-            tags = lmp.numpy.extract_atom("id", nelem=nlocal + lmp.extract_global("nghost"))
+            tags = lmp.numpy.extract_atom("id", nelem=ntotal)
             self._add_ghost_forces(forces, np.asarray(tag), tags[keep[nlocal:]], out.forces[nlocal : len(keep)])
             if self.comm is not None:
                 energy = self.comm.allreduce(energy)
