@@ -129,7 +129,7 @@ def test_nve_trajectory_equals_ase(tmp_path, model):
     lmp.close()
 
 
-TRAJECTORY = """velocity all create 1200 42 loop geom
+TRAJECTORY = """velocity all create 1500 42 loop geom
 fix nve all nve
 timestep 0.001
 thermo 20
@@ -178,3 +178,11 @@ def test_bad_inputs_are_one_line_errors(tmp_path, model):
     bad.write_text(deck.read_text().replace("run 0", "run zero"))
     with pytest.raises(MlipError, match="LAMMPS error at 'run zero'"):
         run_deck(bad, str(model), ["Si", "O"], cmdargs=QUIET)
+
+
+def test_cli_lammps_refuses_bad_var(tmp_path, model, capsys):
+    from mlip.cli import main
+
+    deck = write_case(tmp_path, crystal((1, 1, 1), SHEAR, n_oxygen=2, seed=3), "run 0\n")
+    assert main(["lammps", str(deck), "--model", str(model), "--elements", "Si", "O", "--var", "steps"]) == 2
+    assert "--var takes NAME=VALUE" in capsys.readouterr().err
