@@ -160,7 +160,11 @@ def test_two_ranks_equal_one_rank(tmp_path, model):
     assert "Neighbor list builds = 0" not in result.stdout  # atoms crossed between ranks' domains
     first, second = np.loadtxt(tmp_path / "one.dump", skiprows=9), np.loadtxt(tmp_path / "two.dump", skiprows=9)
     assert first.shape == (96, 10)
-    np.testing.assert_allclose(second, first, rtol=0, atol=1e-9)
+    # Positions up to a lattice vector: each run wraps atoms into the box when it reneighbours,
+    # and the ghost mode reneighbours on its own schedule.
+    delta = np.linalg.solve(atoms.cell.array.T, (second[:, 1:4] - first[:, 1:4]).T).T
+    np.testing.assert_allclose((delta - np.round(delta)) @ atoms.cell.array, 0.0, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(second[:, 4:], first[:, 4:], rtol=0, atol=1e-9)  # velocities, forces
 
 
 def test_bad_inputs_are_one_line_errors(tmp_path, model):
