@@ -452,6 +452,9 @@ def build_parser() -> argparse.ArgumentParser:
     from mlip.materials.commands import add_parsers as add_materials_parsers
 
     add_materials_parsers(commands)
+    from mlip.deploy_commands import add_parsers as add_deploy_parsers
+
+    add_deploy_parsers(commands)
     models = commands.add_parser(
         "models",
         help="list the bundled models (name, default, elements, training data, test errors)",
