@@ -12,4 +12,4 @@ from mlip.calculator import Calculator  # noqa: E402
 from mlip.potential import Potential  # noqa: E402
 from mlip import sim  # noqa: E402
 
-__all__ = ["Calculator", "Potential", "__version__"]
+__all__ = ["Calculator", "Potential", "__version__", "sim"]

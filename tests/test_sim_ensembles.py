@@ -14,8 +14,8 @@ from mlip.sim import md
 from mlip.sim.ensembles import ENSEMBLES, Parameters
 
 TEMPERATURE, PRESSURE = 600.0, 5.0  # K, GPa: a pressure error of a unit factor would show in the volume
-STEPS, INTERVAL, REPLICAS = 600, 5, 4
-PARAMETERS = Parameters(timestep=2.0, friction=0.1, tau=20.0, tau_p=100.0)
+STEPS, INTERVAL, REPLICAS = 300, 5, 4
+PARAMETERS = Parameters(timestep=2.0, friction=0.1, tau=20.0, tau_p=50.0)
 
 
 @pytest.fixture(scope="module")

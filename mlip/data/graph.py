@@ -24,7 +24,6 @@ from __future__ import annotations
 
 from typing import NamedTuple, Sequence
 
-import jax.numpy as jnp
 import numpy as np
 
 from mlip.data.frame import Frame, completed_cell

@@ -35,18 +35,11 @@ class DescentState(NamedTuple):
     KINDS = {"step_size": GRAPH, "enthalpy": GRAPH}
 
 
-def descent(
-    energy_fn: Callable[[System], PotentialOutput],
-    spec: NeighborSpec,
-    cell_filter: filters.CellFilter,
-    *,
-    step_size: float = 0.05,
-    maxstep: float = 0.2,
-    armijo: float = 1e-4,
-    grow: float = 1.25,
-    shrink: float = 0.5,
-) -> Dynamics:
-    """Steepest descent with backtracking; init and step as mlip.sim.fire.fire's."""
+def descent(energy_fn: Callable[[System], PotentialOutput], spec: NeighborSpec, cell_filter: filters.CellFilter, *,
+            step_size: float = 0.05, maxstep: float = 0.2, armijo: float = 1e-4, grow: float = 1.25,
+            shrink: float = 0.5) -> Dynamics:
+    """Steepest descent with backtracking; init and step as mlip.sim.fire.fire's. step_size:
+    the first step size, Å^2/eV; maxstep: Å; armijo: the sufficient-decrease fraction."""
     refresh_forces = filters.refresher(energy_fn, cell_filter)
     move = filters.mover(spec, cell_filter)
 

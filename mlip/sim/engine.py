@@ -26,7 +26,7 @@ import ase
 import jax
 import jax.numpy as jnp
 
-from mlip.sim.system import ATOM, GRAPH
+from mlip.sim.system import GRAPH, System
 
 #: KINDS value of a field that holds a state of its own.
 NESTED = "nested"
@@ -144,8 +144,6 @@ def _rows(dt, like):
 def select(active, new: State, old: State) -> State:
     """``new`` for the structures where ``active`` (bool [G]) holds, ``old`` elsewhere: every
     per-atom and per-structure field, the system's included (its neighbour list is ``new``'s)."""
-    from mlip.sim.system import System
-
     graph = new.system.node_graph
 
     def pick(kind, a, b):

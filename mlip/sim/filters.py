@@ -7,8 +7,9 @@ a padded batch) and never the cell: a `CellFilter` maps coordinates to positions
 forces to generalised forces. So any optimiser runs with or without the cell filter.
 
 Constraints (mlip.sim.system.System.free, from ASE's FixAtoms and FixCartesian): a fixed
-component has zero generalised force and keeps its Cartesian position, also while the cell
-deforms (as ASE's filters do: FixAtoms resets positions after every move).
+component has zero generalised force and does not move relative to the cell: fixed in space
+when the cell is, carried along with a deforming cell (as ASE's filters do: they scale the
+atoms with the new cell, then the constraint resets the fixed components to those values).
 """
 
 from __future__ import annotations
@@ -122,8 +123,10 @@ def frechet_cell() -> CellFilter:
         log_deformation = _log_deformation(coordinates, system)
         positions, cell = frechet.cartesian(coordinates.atoms, log_deformation, state.reference_cell,
                                             system.node_graph)
-        positions = jnp.where(system.free > 0, positions, system.positions)
-        # Constrained atoms' coordinates follow their (kept) Cartesian positions.
+        # Fixed components keep their previous coordinates, carried by the new deformation.
+        carried, _ = frechet.cartesian(state.coordinates.atoms, log_deformation, state.reference_cell,
+                                       system.node_graph)
+        positions = jnp.where(system.free > 0, positions, carried)
         all_free = jnp.all(system.free > 0, axis=1, keepdims=True)
         inverse = jnp.linalg.inv(jnp.swapaxes(frechet.deformation(log_deformation), 1, 2))
         undeformed = jnp.einsum("ni,nij->nj", positions, inverse[system.node_graph])
