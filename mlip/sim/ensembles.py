@@ -23,6 +23,7 @@ cell's dynamics (how fast the volume decorrelates) differ.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from typing import Callable
 
 import ase
@@ -103,9 +104,11 @@ def _npt_device(anisotropic: bool):
 def _npt_ase(hydrostatic: bool):
     def make(atoms, p: Parameters, temperature, pressure, seed):
         stress = -pressure / EV_PER_A3_TO_GPA  # eV/Å^3; ASE's sign: negative compresses
-        return LangevinBAOAB(atoms, p.timestep * units.fs, temperature_K=temperature, externalstress=stress,
-                             hydrostatic=hydrostatic, T_tau=units.fs / p.friction, P_tau=p.barostat_time * units.fs,
-                             rng=np.random.default_rng(seed))
+        with warnings.catch_warnings():  # it announces its (documented) piston-mass heuristic every time
+            warnings.filterwarnings("ignore", message="Using heuristic P_mass", category=UserWarning)
+            return LangevinBAOAB(atoms, p.timestep * units.fs, temperature_K=temperature, externalstress=stress,
+                                 hydrostatic=hydrostatic, T_tau=units.fs / p.friction,
+                                 P_tau=p.barostat_time * units.fs, rng=np.random.default_rng(seed))
     return make
 
 
