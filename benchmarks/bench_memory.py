@@ -51,7 +51,7 @@ def abstract_batch(num_nodes: int, num_edges: int, dtype) -> GraphBatch:
         positions=s((num_nodes, 3), f), numbers=s((num_nodes,), i32), node_graph=s((num_nodes,), i32),
         node_mask=s((num_nodes,), bool), senders=s((num_edges,), i32), receivers=s((num_edges,), i32),
         shifts=s((num_edges, 3), i32), edge_mask=s((num_edges,), bool), cell=s((2, 3, 3), f),
-        pbc=s((2, 3), bool), graph_mask=s((2,), bool), n_node=s((2,), i32), n_edge=s((2,), i32),
+        pbc=s((2, 3), bool), graph_mask=s((2,), bool), n_node=s((2,), i32),
     )
 
 

@@ -455,7 +455,7 @@ def synthetic_batch(num_atoms: int, edges_per_atom: int):
         node_mask=node_mask, senders=senders, receivers=receivers, shifts=np.zeros((edges, 3), np.int32),
         edge_mask=np.ones(edges, bool), cell=np.stack([np.eye(3) * side, np.eye(3)]).astype(np.float32),
         pbc=np.array([[True] * 3, [False] * 3]), graph_mask=np.array([True, False]),
-        n_node=np.array([num_atoms, 1], np.int32), n_edge=np.array([edges, 0], np.int32),
+        n_node=np.array([num_atoms, 1], np.int32),
     )
 
 

@@ -3,11 +3,13 @@
     mlip.Potential    a model's config + parameters; energy, forces and stress (mlip.potential)
     mlip.Calculator   the ASE calculator (mlip.calculator)
     mlip.data         readers, neighbour lists, padded graph batches, loader, shards
+    mlip.sim          relaxation and MD: batched on the device, or one structure through ASE
 """
 
 __version__ = "0.1.0"
 
 from mlip.calculator import Calculator  # noqa: E402
 from mlip.potential import Potential  # noqa: E402
+from mlip import sim  # noqa: E402
 
-__all__ = ["Calculator", "Potential", "__version__"]
+__all__ = ["Calculator", "Potential", "__version__", "sim"]

@@ -24,7 +24,7 @@ from ase.stress import full_3x3_to_voigt_6_stress
 
 from mlip.data.frame import check_min_distance, completed_cell, frame_from_atoms, validate_frame
 from mlip.data.graph import Graph, collate
-from mlip.data.neighbors import Edges, edge_vectors_numpy, neighbor_list
+from mlip.data.neighbors import Edges, edge_vectors, neighbor_list, rebuild_needed
 from mlip.data.padding import BucketLadder
 from mlip.errors import MlipError
 from mlip.nn.dispersion import D3Dispersion, add_dispersion
@@ -61,12 +61,9 @@ class SkinNeighborList:
     """A neighbour list with cutoff ``cutoff + skin``, rebuilt only when it may be stale.
 
     The list stays exact while every pair now closer than ``cutoff`` was closer than
-    ``cutoff + skin`` when it was built. With F = H0^-1 H the cell deformation since the build
-    and u_i the displacement of atom i in fractional coordinates (expressed in the current
-    cell), any pair's vector is r = r0 F + (u_j - u_i), so |r| >= |r0| s_min(F) - 2 max|u|.
-    The list is therefore rebuilt when (cutoff + skin) s_min(F) - 2 max|u| < cutoff: for a
-    fixed cell this is the usual "an atom moved more than skin/2". Edges between cutoff and
-    cutoff + skin contribute exactly zero (the radial envelope), so results equal a fresh build.
+    ``cutoff + skin`` when it was built: mlip.data.neighbors.rebuild_needed, the rule the
+    device list (mlip.sim.neighbors) applies too. Edges between cutoff and cutoff + skin
+    contribute exactly zero (the radial envelope), so results equal a fresh build.
     """
 
     def __init__(self, cutoff: float, skin: float):
@@ -91,10 +88,8 @@ class SkinNeighborList:
         numbers, pbc, cell0, fractional0 = self._reference
         if len(numbers) != len(atoms) or np.any(numbers != atoms.numbers) or np.any(pbc != atoms.pbc):
             return True
-        deformation = np.linalg.solve(cell0, cell)  # H0^-1 H (rows are lattice vectors)
-        s_min = np.linalg.svd(deformation, compute_uv=False).min()
-        displacement = np.linalg.norm((fractional - fractional0) @ cell, axis=1).max()
-        return (self.cutoff + self.skin) * s_min - 2 * displacement < self.cutoff
+        displacement = np.linalg.norm((fractional - fractional0) @ cell, axis=1).max(initial=0.0)
+        return bool(rebuild_needed(self.cutoff, self.skin, cell0, cell, displacement))
 
 
 class Calculator(AseCalculator):
@@ -155,7 +150,7 @@ class Calculator(AseCalculator):
         edges = self.neighbors.edges(atoms)
         # Edges between r_cut and r_cut + skin contribute exactly zero: drop them before
         # padding rather than pay for them (a 0.5 Å skin adds ~30% edges at 5 Å).
-        lengths = np.linalg.norm(edge_vectors_numpy(frame.positions, frame.cell, edges), axis=1)
+        lengths = np.linalg.norm(edge_vectors(frame.positions, frame.cell, edges), axis=1)
         inside = lengths < self.potential.config.r_cut
         edges = Edges(*(array[inside] for array in edges))
         check_min_distance(frame, edges, self.min_distance, lengths=lengths[inside])

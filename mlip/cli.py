@@ -244,12 +244,22 @@ def _load_potential(args):
     return load_model(args.model, args.dtype)
 
 
-def _refuse_single_structure_options(args, structures, **unsupported) -> None:
-    """Options of the single-structure ASE path that the batched engine does not offer."""
-    for option, given in unsupported.items():
-        if given:
-            raise MlipError(f"{option} works for one structure only; {args.structure} selects "
-                            f"{len(structures)} (choose one with --index)")
+#: --optimizer choices of each engine (FIRE runs on both).
+DEVICE_OPTIMIZERS, ASE_OPTIMIZERS = ("fire", "descent"), ("fire", "bfgs", "lbfgs")
+
+
+def _engine(args, structures, **ase_options) -> str:
+    """"ase" or "device": the ASE path only when asked for, by --engine ase or by an option
+    only it has (``ase_options``: name -> given), never by the number of structures. The ASE
+    path runs one structure."""
+    chosen = [option for option, given in ase_options.items() if given]
+    if args.engine == "ase" or chosen:
+        if len(structures) > 1:
+            option = chosen[0] if chosen else "--engine ase"
+            raise MlipError(f"{option} works for one structure only (the ASE path); {args.structure} selects "
+                            f"{len(structures)} (choose one with --index, or leave it out: the batched engine runs them all)")
+        return "ase"
+    return "device"
 
 
 def _frame_name(args, atoms) -> str:
@@ -257,7 +267,7 @@ def _frame_name(args, atoms) -> str:
 
 
 def _cmd_relax(args) -> None:
-    from mlip.simulate import check_cell_relaxable, relax, summary, write_structure
+    from mlip.sim.ase import check_cell_relaxable
 
     if args.pressure and not args.cell:
         raise MlipError("--pressure applies to the cell: add --cell")
@@ -267,9 +277,20 @@ def _cmd_relax(args) -> None:
     # Next to the input, except for the bundled structure: never write into the installed package.
     folder = Path.cwd() if args.structure == bundled_structure() else args.structure.parent
     output = args.output or folder / (args.structure.stem + "-relaxed.extxyz")
-    if len(structures) > 1:
-        return _relax_many(args, structures, output)
-    atoms = _attach_calculator(structures[0], args)
+    engine = _engine(args, structures, **{"--traj": args.traj, "--d3": args.d3,
+                                          f"--optimizer {args.optimizer}": args.optimizer not in DEVICE_OPTIMIZERS})
+    if engine == "device":
+        return _relax_device(args, structures, output)
+    if args.optimizer not in ASE_OPTIMIZERS:
+        raise MlipError(f"--optimizer {args.optimizer} runs on the batched engine only (leave out --engine ase)")
+    _relax_ase(args, structures[0], output)
+
+
+def _relax_ase(args, atoms, output) -> None:
+    """One structure through ASE's optimiser (mlip.sim.ase.relax), with a trajectory."""
+    from mlip.sim.ase import relax, summary, write_structure
+
+    atoms = _attach_calculator(atoms, args)
     trajectory = args.traj or output.with_suffix(".traj")
     print(f"initial: {summary(atoms)}")
     converged = relax(
@@ -283,26 +304,26 @@ def _cmd_relax(args) -> None:
         raise MlipError(f"relaxation did not reach fmax {args.fmax} eV/Å in {args.steps} steps")
 
 
-def _relax_many(args, structures, output) -> None:
-    """Batched FIRE (+ FrechetCellFilter) of every structure on the device (mlip.sim.relax)."""
+def _relax_device(args, structures, output) -> None:
+    """Every structure on the device (mlip.sim.relax: FIRE or descent, + FrechetCellFilter)."""
     import time
 
     from mlip import sim
-    from mlip.simulate import write_structure
+    from mlip.sim.ase import summary, write_structure
 
-    _refuse_single_structure_options(
-        args, structures, **{"--traj": args.traj, f"--optimizer {args.optimizer}": args.optimizer != "fire", "--d3": args.d3}
-    )
     potential = _load_potential(args)
     start = time.perf_counter()
     results = sim.relax(potential, structures, fmax=args.fmax, relax_cell=args.cell, max_steps=args.steps,
-                        pressure=args.pressure, budget=sim.Budget(max_atoms=args.batch_atoms), progress=not args.quiet)
+                        pressure=args.pressure, optimizer=args.optimizer,
+                        budget=sim.Budget(max_atoms=args.batch_atoms), progress=not args.quiet)
     seconds = time.perf_counter() - start
     for result in results:
         result.atoms.info.update(relax_status=result.status, relax_steps=result.steps)
         if not result.converged:
             print(f"{_frame_name(args, result.atoms)}: {result.status} after {result.steps} steps "
                   f"{result.message}".rstrip())
+    if len(results) == 1 and results[0].atoms.calc is not None:
+        print(f"{results[0].status}: {summary(results[0].atoms)}")
     write_structure([r.atoms for r in results], output)
     converged = sum(r.converged for r in results)
     atom_steps = sum(r.steps * len(r.atoms) for r in results)
@@ -314,19 +335,29 @@ def _relax_many(args, structures, output) -> None:
                         f"{args.fmax} eV/Å in {args.steps} steps (their status is in {output})")
 
 
-def _cmd_md(args) -> None:
-    from mlip.simulate import run_md, summary, write_structure
+def _md_parameters(args):
+    from mlip.sim.ensembles import Parameters
 
+    return Parameters(timestep=args.timestep, friction=args.friction, tau=args.tau, tau_p=args.tau_p)
+
+
+def _cmd_md(args) -> None:
     structures = _read_structures(args)
-    if len(structures) > 1:
-        return _md_many(args, structures)
-    atoms = _attach_calculator(structures[0], args)
+    if _engine(args, structures, **{"--traj": args.traj, "--d3": args.d3}) == "device":
+        return _md_device(args, structures)
+    _md_ase(args, structures[0])
+
+
+def _md_ase(args, atoms) -> None:
+    """One structure through ASE's integrator of the ensemble (mlip.sim.ase.run_md)."""
+    from mlip.sim.ase import run_md, summary, write_structure
+
+    atoms = _attach_calculator(atoms, args)
     print(f"initial: {summary(atoms)}")
     stats = run_md(
-        atoms, ensemble=args.ensemble, temperature=args.temperature, timestep=args.timestep,
-        steps=args.steps, pressure=args.pressure, friction=args.friction, seed=args.seed,
-        interval=args.interval, trajectory=args.traj, logfile=args.log, progress=not args.quiet,
-        max_drift=args.max_drift or None,
+        atoms, ensemble=args.ensemble, temperature=args.temperature, steps=args.steps, pressure=args.pressure,
+        parameters=_md_parameters(args), seed=args.seed, interval=args.interval, trajectory=args.traj,
+        logfile=args.log, progress=not args.quiet, max_drift=args.max_drift or None,
     )
     if args.output:
         write_structure(atoms, args.output)
@@ -334,22 +365,23 @@ def _cmd_md(args) -> None:
     print(f"{stats['ns_per_day']:.4f} ns/day, {stats['atom_steps_per_second']:.4g} atom-steps/s")
 
 
-def _md_many(args, structures) -> None:
-    """Batched MD of every structure on the device (mlip.sim.md), each with its own velocities
-    (seed + index) and random stream; the thermostat and barostat times are the ASE path's."""
+def _md_device(args, structures) -> None:
+    """Every structure on the device (mlip.sim.md), each with its own velocities (seed + index)
+    and random stream; the integrator and its parameters are the ASE path's row of
+    mlip.sim.ensembles."""
     import time
 
     from mlip import sim
     from mlip.fileio import atomic_write_bytes
-    from mlip.simulate import write_structure
+    from mlip.sim.ase import write_structure
 
-    _refuse_single_structure_options(args, structures, **{"--traj": args.traj, "--d3": args.d3})
     potential = _load_potential(args)
+    parameters = _md_parameters(args)
     start = time.perf_counter()
     results = sim.md(
-        potential, structures, ensemble=args.ensemble, steps=args.steps, timestep=args.timestep,
+        potential, structures, ensemble=args.ensemble, steps=args.steps, timestep=parameters.timestep,
         temperature=args.temperature, init_temperature=args.temperature, pressure=args.pressure,
-        friction=args.friction, tau=100 * args.timestep, tau_p=1000 * args.timestep, seed=args.seed,
+        friction=parameters.friction, tau=parameters.tau, tau_p=parameters.tau_p, seed=args.seed,
         interval=args.interval, max_drift=args.max_drift or None, budget=sim.Budget(max_atoms=args.batch_atoms),
         progress=not args.quiet,
     )
@@ -402,27 +434,52 @@ def _cmd_train(args) -> None:
 
 def _add_simulation_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("structure", type=Path, nargs="?", default=None,
-                        help="structure file (any supported format); one frame runs through ASE, several "
-                        "(see --index) run batched on the device (mlip.sim); default: the bundled 64-atom "
-                        "diamond Si")
+                        help="structure file (any supported format); every frame (see --index) runs on the "
+                        "batched engine unless --engine ase; default: the bundled 64-atom diamond Si")
     parser.add_argument("--model", type=Path, default=None,
                         help="potential file (from mlip train or mlip create); default: the bundled mlearn Si model")
     parser.add_argument("--dtype", choices=["float32", "float64"], default=None, help="cast the potential (default: as saved)")
     parser.add_argument("--d3", action="store_true", help="add Grimme's D3(BJ) dispersion with PBE parameters (two-body) to energy, forces and "
-                        "stress (one structure: not yet in the batched engine)")
+                        "stress (the ASE path, one structure: not yet in the batched engine)")
+    parser.add_argument("--engine", choices=["device", "ase"], default="device",
+                        help="device (default): mlip.sim's batched engine, any number of structures; ase: "
+                        "one structure through ASE's optimisers and integrators (also chosen by --traj and "
+                        "by an ASE-only --optimizer)")
     parser.add_argument("--batch-atoms", type=int, default=2048,
-                        help="several structures: atom slots of the device batch (default 2048)")
+                        help="batched engine: atom slots of the device batch (default 2048)")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     _add_read_options(parser)
 
 
+def add_command(commands, name: str, run, *, help: str, description: str) -> argparse.ArgumentParser:
+    """Register the subcommand ``name``, which runs ``run(args)``: the one way every mlip
+    command is added (here and in each module of `COMMAND_MODULES`)."""
+    parser = commands.add_parser(name, help=help, description=description)
+    parser.set_defaults(run=run)
+    return parser
+
+
+#: Modules whose ``add_parsers(commands)`` register subcommands, in the order `mlip -h` lists them.
+COMMAND_MODULES = ("mlip.cli", "mlip.distill.commands", "mlip.materials.commands", "mlip.deploy_commands")
+
+
 def build_parser() -> argparse.ArgumentParser:
+    import importlib
+
     parser = argparse.ArgumentParser(prog="mlip", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     commands = parser.add_subparsers(dest="command", required=True)
+    for module in COMMAND_MODULES:
+        importlib.import_module(module).add_parsers(commands)
+    return parser
 
-    inspect = commands.add_parser(
-        "inspect",
+
+def add_parsers(commands) -> None:
+    """Add the data, model and simulation commands to the ``mlip`` subcommand parsers."""
+    from mlip.sim.ensembles import ENSEMBLES
+
+    inspect = add_command(
+        commands, "inspect", _cmd_inspect,
         help="read structures and print their radius-graph statistics",
         description="Read structures (any supported format) and print their radius-graph "
         "statistics: atoms, cell, neighbours per atom, closest distance, padded batch shape. "
@@ -431,10 +488,9 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("structures", nargs="*", type=Path, help="structure or data files")
     inspect.add_argument("--cutoff", type=float, default=5.0, help="radius-graph cutoff, Å (default 5)")
     _add_read_options(inspect)
-    inspect.set_defaults(run=_cmd_inspect)
 
-    convert = commands.add_parser(
-        "convert",
+    convert = add_command(
+        commands, "convert", _cmd_convert,
         help="convert data files to mlip's sharded training format",
         description="Stream any supported data files (extxyz, ASE db, MPtrj JSON, mlearn JSON) "
         "into a directory of npz shards plus index.json, read later with constant memory.",
@@ -445,26 +501,15 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--overwrite", action="store_true", help="replace an existing dataset in OUTPUT")
     convert.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     _add_read_options(convert)
-    convert.set_defaults(run=_cmd_convert)
-    from mlip.distill.commands import add_parsers as add_distill_parsers
-
-    add_distill_parsers(commands)
-    from mlip.materials.commands import add_parsers as add_materials_parsers
-
-    add_materials_parsers(commands)
-    from mlip.deploy_commands import add_parsers as add_deploy_parsers
-
-    add_deploy_parsers(commands)
-    models = commands.add_parser(
-        "models",
+    models = add_command(
+        commands, "models", _cmd_models,
         help="list the bundled models (name, default, elements, training data, test errors)",
         description="List the potentials shipped with mlip. Any command's --model (and "
         "Potential.load) takes a bundled model's name as well as a file.",
     )
     models.add_argument("--json", action="store_true", help="print the model cards as JSON")
-    models.set_defaults(run=_cmd_models)
-    create = commands.add_parser(
-        "create",
+    create = add_command(
+        commands, "create", _cmd_create,
         help="create a randomly initialised potential file from a preset",
         description="Create a potential with random weights from a preset and save it; prints "
         "its parameter count. A starting point for training, and for testing pipelines.",
@@ -475,10 +520,9 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--seed", type=int, default=0)
     create.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     create.add_argument("-o", "--output", type=Path, required=True, help="potential file to write (e.g. model.mlip)")
-    create.set_defaults(run=_cmd_create)
 
-    train = commands.add_parser(
-        "train",
+    train = add_command(
+        commands, "train", _cmd_train,
         help="train or fine-tune a potential from a YAML config",
         description="Train a potential as CONFIG (YAML) says: data, model, loss, optimiser, "
         "schedule, epochs (see the README and mlip/train/config.py for every key). Writes the "
@@ -495,10 +539,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--num-processes", type=int, help="with --distributed: number of processes (else detected)")
     train.add_argument("--process-id", type=int, help="with --distributed: this process's rank (else detected)")
     train.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
-    train.set_defaults(run=_cmd_train)
 
-    predict = commands.add_parser(
-        "predict",
+    predict = add_command(
+        commands, "predict", _cmd_predict,
         help="energy, forces and pressure of structures with a potential",
         description="Evaluate a potential file on every frame of a structure file.",
     )
@@ -508,9 +551,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--batch-nodes", type=int, default=1024, help="atoms per batch (default 1024)")
     predict.add_argument("--d3", action="store_true", help="add Grimme's D3(BJ) dispersion with PBE parameters (two-body) to energy, forces and stress")
     _add_read_options(predict)
-    predict.set_defaults(run=_cmd_predict)
-    evaluate = commands.add_parser(
-        "evaluate",
+    evaluate = add_command(
+        commands, "evaluate", _cmd_evaluate,
         help="energy, force and stress errors (MAE, RMSE) of a potential on labelled data",
         description="Evaluate a potential on labelled data (any supported file, or a directory "
         "written by mlip convert): energy MAE/RMSE in meV/atom, forces in meV/Å (per component), "
@@ -525,55 +567,55 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--dtype", choices=["float32", "float64"], default=None, help="cast the potential (default: as saved)")
     evaluate.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     _add_read_options(evaluate)
-    evaluate.set_defaults(run=_cmd_evaluate)
 
-    relax = commands.add_parser(
-        "relax",
+    relax = add_command(
+        commands, "relax", _cmd_relax,
         help="relax structures (positions, optionally the cells)",
-        description="Relax structures with FIRE (FrechetCellFilter for the cell). One structure "
-        "runs through ASE's optimisers (FIRE, BFGS or LBFGS) and also writes a trajectory; "
-        "several (a multi-frame file) relax together on the device (mlip.sim.relax, batched "
-        "FIRE equivalent to ASE's) with a structures/s progress bar. Writes the relaxed "
-        "structures; prints energy, max force and pressure.",
+        description="Relax structures with FIRE (FrechetCellFilter for the cell). Every structure "
+        "of the file relaxes on the batched engine (mlip.sim.relax: FIRE step for step ASE's, or "
+        "descent) with a structures/s progress bar; --engine ase (or --optimizer bfgs|lbfgs, or "
+        "--traj) runs one structure through ASE's optimisers instead and writes its trajectory. "
+        "Writes the relaxed structures; prints energy, max force and pressure.",
     )
     _add_simulation_options(relax)
     relax.add_argument("--fmax", type=float, default=0.05, help="force convergence, eV/Å (default 0.05)")
     relax.add_argument("--cell", action="store_true", help="also relax the cell (to zero stress)")
     relax.add_argument("--pressure", type=float, default=0.0, help="with --cell: external pressure, GPa (default 0)")
     relax.add_argument("--steps", type=int, default=500, help="maximum optimiser steps (per structure)")
-    relax.add_argument("--optimizer", choices=["fire", "bfgs", "lbfgs"], default="fire",
-                       help="bfgs and lbfgs: one structure only")
+    relax.add_argument("--optimizer", choices=sorted(set(DEVICE_OPTIMIZERS + ASE_OPTIMIZERS)), default="fire",
+                       help="fire (both engines), descent (batched engine: steepest descent with a line "
+                       "search), bfgs or lbfgs (ASE, one structure)")
     relax.add_argument("-o", "--output", type=Path, help="relaxed structures (default STRUCTURE-relaxed.extxyz)")
-    relax.add_argument("--traj", type=Path, help="one structure: trajectory file (default OUTPUT.traj)")
-    relax.set_defaults(run=_cmd_relax)
+    relax.add_argument("--traj", type=Path, help="ASE path: trajectory file (default OUTPUT.traj)")
 
-    md = commands.add_parser(
-        "md",
+    md = add_command(
+        commands, "md", _cmd_md,
         help="molecular dynamics of structures",
         description="Molecular dynamics: nve (velocity Verlet), nvt (Nose-Hoover chain), "
-        "nvt-langevin, npt (isotropic barostat), npt-aniso (anisotropic barostat). One "
-        "structure runs through ASE's integrators (MTK barostats for npt); several (a "
-        "multi-frame file) run together on the device (mlip.sim.md; stochastic cell rescaling "
-        "for npt). Velocities are drawn from Maxwell-Boltzmann at --temperature.",
+        "nvt-langevin (BAOAB), npt (Langevin + isotropic barostat), npt-aniso (anisotropic "
+        "barostat). Every structure of the file runs on the batched engine (mlip.sim.md); "
+        "--engine ase (or --traj) runs one structure through the matching ASE integrator "
+        "(the table in mlip.sim.ensembles). Velocities are drawn from Maxwell-Boltzmann at "
+        "--temperature.",
     )
     _add_simulation_options(md)
-    md.add_argument("--ensemble", choices=["nve", "nvt", "nvt-langevin", "npt", "npt-aniso"], default="nve")
+    md.add_argument("--ensemble", choices=list(ENSEMBLES), default="nve")
     md.add_argument("--temperature", type=float, default=300.0, help="K (initial velocities and thermostat)")
     md.add_argument("--timestep", type=float, default=1.0, help="fs")
     md.add_argument("--steps", type=int, default=1000)
     md.add_argument("--pressure", type=float, default=0.0, help="GPa (npt)")
-    md.add_argument("--friction", type=float, default=0.01, help="1/fs (nvt-langevin)")
+    md.add_argument("--friction", type=float, default=0.01, help="1/fs (nvt-langevin, npt, npt-aniso)")
+    md.add_argument("--tau", type=float, default=None, help="fs, Nose-Hoover time (nvt; default 100 timesteps)")
+    md.add_argument("--tau-p", type=float, default=None, help="fs, barostat time (npt; default 1000 timesteps)")
     md.add_argument("--seed", type=int, default=0, help="seed of the initial velocities")
     md.add_argument("--interval", type=int, default=10, help="steps between log lines and frames")
     md.add_argument("--max-drift", type=float, default=1.0,
                     help="eV/atom: a run whose conserved energy drifts further (checked every --interval "
                     "steps) has blown up and fails (default 1; 0: no check)")
-    md.add_argument("--traj", type=Path, help="one structure: trajectory file (.traj)")
-    md.add_argument("--log", type=Path, help="log file (one structure: ASE MDLogger columns; several: one "
+    md.add_argument("--traj", type=Path, help="ASE path: trajectory file (.traj)")
+    md.add_argument("--log", type=Path, help="log file (ASE path: ASE MDLogger columns; batched engine: one "
                     "line per structure and interval)")
     md.add_argument("-o", "--output", type=Path, help="final structures")
-    md.set_defaults(run=_cmd_md)
-    return parser
 
 
 def main(argv=None) -> int:

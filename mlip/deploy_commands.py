@@ -36,8 +36,8 @@ def _cmd_lammps(args) -> None:
 
 
 def add_parsers(commands) -> None:
-    export = commands.add_parser(
-        "export",
+    export = add_command(
+        commands, "export", _cmd_export,
         help="write a potential as a compiled jax.export (StableHLO) artifact, NAME.mlipx",
         description="Export a potential's edge-level function (energy, per-atom energies, forces, "
         "virial, dE/dr per edge) as a serialized jax.export program with symbolic shapes, lowered "
@@ -48,10 +48,9 @@ def add_parsers(commands) -> None:
     export.add_argument("model", help="potential file or bundled model name")
     export.add_argument("-o", "--output", type=Path, required=True, help="artifact to write, NAME.mlipx")
     export.add_argument("--dtype", choices=["float32", "float64"], default=None, help="cast first (default: as saved)")
-    export.set_defaults(run=_cmd_export)
 
-    lammps = commands.add_parser(
-        "lammps",
+    lammps = add_command(
+        commands, "lammps", _cmd_lammps,
         help="run a LAMMPS input deck with an mlip potential (fix external; mpirun for several ranks)",
         description="Run the LAMMPS input INPUT through the lammps Python module, with the mlip "
         "potential computing the forces, energy and virial of its 'fix mlip all external "
@@ -68,4 +67,3 @@ def add_parsers(commands) -> None:
     lammps.add_argument("--dtype", choices=["float32", "float64"], default=None, help="cast the potential (default: as saved)")
     lammps.add_argument("--skin", type=float, default=1.0, help="neighbour skin, Å (default 1)")
     lammps.add_argument("--var", action="append", metavar="NAME=VALUE", help="LAMMPS variable, as lmp -var (repeatable)")
-    lammps.set_defaults(run=_cmd_lammps)

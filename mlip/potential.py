@@ -29,7 +29,8 @@ import numpy as np
 
 import mlip
 from mlip.data.frame import Frame, frame_from_atoms, validate_frame
-from mlip.data.graph import Graph, GraphBatch, build_graph, edge_vectors
+from mlip.data.graph import Graph, GraphBatch, build_graph
+from mlip.data.neighbors import edge_vectors
 from mlip.data.loader import padded_batches
 from mlip.errors import MlipError
 from mlip.fileio import atomic_write_bytes, npz_bytes
@@ -87,7 +88,7 @@ def compute(config: FacetConfig, params, batch: GraphBatch, edge_chunk: int | No
         strain = 0.5 * (strain + jnp.swapaxes(strain, 1, 2))
         positions = positions + jnp.einsum("ni,nij->nj", positions, strain[batch.node_graph])
         cell = batch.cell + jnp.einsum("gij,gjk->gik", batch.cell, strain)
-        vectors = edge_vectors(positions, cell, batch)
+        vectors = edge_vectors(positions, cell, batch, batch.node_graph)
         per_atom = model.apply(params, vectors, species, batch.senders, batch.receivers, batch.edge_mask)
         per_atom = jnp.where(batch.node_mask, per_atom, 0.0)
         return jnp.sum(per_atom), per_atom

@@ -84,7 +84,8 @@ def test_relax_command_writes_structure_and_trajectory(tiny_model, tmp_path, cap
     source = tmp_path / "si.xyz"
     ase.io.write(source, atoms)
     out = tmp_path / "relaxed.extxyz"
-    code = main(["relax", str(source), "--model", str(tiny_model), "--fmax", "0.05", "--steps", "400", "-o", str(out), "-q"])
+    code = main(["relax", str(source), "--model", str(tiny_model), "--engine", "ase", "--fmax", "0.05", "--steps", "400",
+                 "-o", str(out), "-q"])
     printed = capsys.readouterr().out
     assert code == 0, printed
     assert "converged: energy" in printed and "pressure" in printed
@@ -145,6 +146,23 @@ def test_relax_and_md_of_many_structures_run_batched(tiny_model, tmp_path, capsy
     assert len(ase.io.read(tmp_path / "final.extxyz", ":")) == 2
 
 
+def test_the_ase_path_runs_only_when_asked_for(tiny_model, tmp_path, capsys):
+    # One frame runs on the batched engine like many (never chosen by the frame count); the
+    # ASE path only on --engine ase (or --traj / an ASE optimiser), for one structure only.
+    source, log = tmp_path / "one.xyz", tmp_path / "md.log"
+    ase.io.write(source, bulk("Si", "diamond", a=5.43, cubic=True))
+    common = ["md", str(source), "--model", str(tiny_model), "--ensemble", "nvt", "--steps", "4", "--interval", "2",
+              "--log", str(log), "-q"]
+    assert main(common) == 0 and "1 structures, 4 steps of nvt" in capsys.readouterr().out
+    assert log.read_text().startswith("frame step potential_energy_eV")  # the batched engine's log
+    assert main(common + ["--engine", "ase"]) == 0 and "ns/day" in capsys.readouterr().out
+    assert log.read_text().startswith("Time[ps]")  # ASE's MDLogger
+    ase.io.write(tmp_path / "two.xyz", [bulk("Si", "diamond", a=5.43)] * 2)
+    for option in (["--engine", "ase"], ["--optimizer", "bfgs"]):
+        assert main(["relax", str(tmp_path / "two.xyz"), "--model", str(tiny_model), *option, "-q"]) == 2
+        assert f"{' '.join(option)} works for one structure only" in capsys.readouterr().err
+
+
 def test_cell_relaxation_of_a_slab_is_refused_in_one_line_on_both_paths(tiny_model, tmp_path, capsys):
     slab = bulk("Si", "diamond", a=5.43, cubic=True)
     slab.center(vacuum=5.0, axis=2)
@@ -176,7 +194,7 @@ def test_cell_relaxation_does_not_flood_the_output_with_logm_warnings(tiny_model
     import warnings
 
     from mlip.calculator import Calculator
-    from mlip.simulate import relax
+    from mlip.sim.ase import relax
 
     atoms = bulk("Si", "diamond", a=5.6, cubic=True)
     atoms.rattle(0.05, seed=1)

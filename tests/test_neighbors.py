@@ -13,7 +13,7 @@ import pytest
 from ase.geometry import complete_cell
 from ase.neighborlist import primitive_neighbor_list
 
-from mlip.data.neighbors import Edges, edge_vectors_numpy, neighbor_list
+from mlip.data.neighbors import Edges, edge_vectors, neighbor_list
 from mlip.testing import random_cell
 
 #: A cell much flatter and more sheared than random_cell produces: volume 0.03 Å^3, so a 2 Å
@@ -67,7 +67,7 @@ def check_against_ase(positions, cell, pbc, cutoff) -> Edges:
     order = np.lexsort((edges.senders, edges.receivers))
     np.testing.assert_array_equal(order, np.arange(len(order)))
 
-    lengths = np.linalg.norm(edge_vectors_numpy(positions, cell, edges), axis=1)
+    lengths = np.linalg.norm(edge_vectors(positions, cell, edges), axis=1)
     assert np.all(lengths < cutoff)
     assert np.all(lengths > 0), "self-edge at zero shift"
     return edges
@@ -222,7 +222,7 @@ def sorted_distances(positions, cell, edges: Edges) -> tuple[np.ndarray, np.ndar
     Compared with a tolerance rather than rounded, since rounding can split values that
     differ only by float noise.
     """
-    lengths = np.linalg.norm(edge_vectors_numpy(positions, cell, edges), axis=1)
+    lengths = np.linalg.norm(edge_vectors(positions, cell, edges), axis=1)
     order = np.lexsort((lengths, edges.senders, edges.receivers))
     pairs = np.stack([edges.receivers, edges.senders], axis=1)
     return pairs[order], lengths[order]

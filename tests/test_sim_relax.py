@@ -92,3 +92,26 @@ def test_bad_arguments_are_clear_errors(potential):
         relax(potential, [silicon(0)], fmax=0.0)
     with pytest.raises(MlipError, match="invalid batch budget"):
         dataclasses.replace(Budget(), max_atoms=0)
+
+
+def test_descent_is_a_second_optimiser_on_the_same_batcher(potential):
+    # Steepest descent with a line search, through the same batcher and cell filter as FIRE:
+    # it converges (atoms alone, and with the cell under pressure) to a point that ASE's FIRE
+    # + FrechetCellFilter, started there, accepts as a minimum without moving, below the start.
+    atoms = silicon(2)
+    for relax_cell, pressure in ((False, 0.0), (True, 5.0)):
+        result = relax(potential, [atoms], fmax=0.005, relax_cell=relax_cell, pressure=pressure, max_steps=600,
+                       optimizer="descent")[0]
+        assert result.status == "converged" and result.steps > 5
+        reference = result.atoms.copy()
+        reference.calc = Calculator(potential, compilation_cache=None)
+        target = FrechetCellFilter(reference, scalar_pressure=pressure / EV_PER_A3_TO_GPA) if relax_cell else reference
+        assert FIRE(target, logfile=None).run(fmax=0.005, steps=5)
+        np.testing.assert_allclose(reference.positions, result.atoms.positions, atol=2e-3)
+        np.testing.assert_allclose(reference.cell.array, result.atoms.cell.array, atol=2e-3)
+        start = atoms.copy()
+        start.calc = Calculator(potential, compilation_cache=None)
+        enthalpy = pressure / EV_PER_A3_TO_GPA * (result.atoms.get_volume() - atoms.get_volume())
+        assert result.energy + enthalpy < start.get_potential_energy() - 1e-3
+    with pytest.raises(MlipError, match="unknown optimizer 'bfgs'"):
+        relax(potential, [atoms], optimizer="bfgs")

@@ -15,7 +15,7 @@ import ase
 import numpy as np
 from ase.geometry import complete_cell
 
-from mlip.data.neighbors import Edges, edge_vectors_numpy, neighbor_list
+from mlip.data.neighbors import Edges, edge_vectors, neighbor_list
 from mlip.errors import DataError
 
 #: Largest atomic number ASE knows (Og).
@@ -256,7 +256,7 @@ def check_min_distance(
     if len(edges.senders) == 0 or policy == "ignore":
         return
     if lengths is None:
-        lengths = np.linalg.norm(edge_vectors_numpy(frame.positions, frame.cell, edges), axis=1)
+        lengths = np.linalg.norm(edge_vectors(frame.positions, frame.cell, edges), axis=1)
     e = int(np.argmin(lengths))
     if lengths[e] >= min_distance:
         return

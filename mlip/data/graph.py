@@ -3,8 +3,8 @@
 `build_graph` turns a `Frame` into a `Graph` (numpy; neighbour list included). `collate`
 concatenates graphs and pads them to a fixed (nodes, edges, graphs) shape taken from a
 `BucketLadder` (see mlip.data.padding), giving a `GraphBatch`: a pytree of arrays that a
-jitted model consumes. `edge_vectors` recomputes edge vectors from positions and cell inside
-JAX, so forces and stress are gradients through both.
+jitted model consumes. mlip.data.neighbors.edge_vectors recomputes edge vectors from
+positions and cell inside JAX, so forces and stress are gradients through both.
 
 Padding layout (relied upon by every consumer):
 - real nodes first, then padding nodes; the padding nodes belong to the last graph, which is
@@ -24,7 +24,6 @@ from __future__ import annotations
 
 from typing import NamedTuple, Sequence
 
-import jax.numpy as jnp
 import numpy as np
 
 from mlip.data.frame import Frame, completed_cell
@@ -109,7 +108,6 @@ class GraphBatch(NamedTuple):
     pbc: bool [G, 3].
     graph_mask: bool [G].
     n_node: int32 [G], nodes per graph (the last graph counts the padding nodes).
-    n_edge: int32 [G], edges per graph (the last graph counts the padding edges).
     labels: Labels, or None for unlabelled data.
     """
 
@@ -125,7 +123,6 @@ class GraphBatch(NamedTuple):
     pbc: np.ndarray
     graph_mask: np.ndarray
     n_node: np.ndarray
-    n_edge: np.ndarray
     labels: Labels | None = None
 
     @property
@@ -196,7 +193,6 @@ def collate(
         pbc=pbc,
         graph_mask=np.arange(n_graph) < real_graphs,
         n_node=count(nodes, n_node),
-        n_edge=count(edges, n_edge),
         labels=_collate_labels(frames, n_node, n_graph, dtype) if labels else None,
     )
 
@@ -219,15 +215,3 @@ def _collate_labels(frames: Sequence[Frame], n_node: int, n_graph: int, dtype) -
     return Labels(
         energy, forces, stress, has["energy"], has["forces"], has["stress"]
     )
-
-
-def edge_vectors(positions, cell, batch: GraphBatch):
-    """Edge vectors r_ij = positions[j] - positions[i] + shift @ cell[graph], [E, 3] in Å.
-
-    positions: [N, 3] and cell: [G, 3, 3] are taken as arguments (not from ``batch``) so that
-    callers can differentiate through them, e.g. after applying a strain. Padding edges give
-    exactly zero vectors.
-    """
-    edge_cell = cell[batch.node_graph[batch.receivers]]  # [E, 3, 3]
-    offsets = jnp.einsum("ei,eij->ej", batch.shifts.astype(positions.dtype), edge_cell)
-    return positions[batch.senders] - positions[batch.receivers] + offsets

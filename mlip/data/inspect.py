@@ -13,7 +13,7 @@ from ase.data import chemical_symbols
 
 from mlip.data.frame import Frame
 from mlip.data.graph import build_graph
-from mlip.data.neighbors import edge_vectors_numpy
+from mlip.data.neighbors import edge_vectors
 from mlip.data.padding import BucketLadder
 
 
@@ -25,7 +25,7 @@ def describe_frames(frames: Iterable[Frame], source, *, cutoff: float) -> str:
     elements, labels, shapes = collections.Counter(), collections.Counter(), collections.Counter()
     for frame in frames:
         graph = build_graph(frame, cutoff)
-        lengths = np.linalg.norm(edge_vectors_numpy(frame.positions, frame.cell, graph), axis=1)
+        lengths = np.linalg.norm(edge_vectors(frame.positions, frame.cell, graph), axis=1)
         first = frame if first is None else first
         atoms.append(frame.n_atoms)
         edges += graph.n_edge

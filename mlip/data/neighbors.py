@@ -10,7 +10,8 @@ to ``receivers[e]`` (i); its vector is
 
     r_ij = positions[j] - positions[i] + shifts[e] @ cell        (Å)
 
-and is recomputed from positions and cell inside the model (``mlip.data.graph.edge_vectors``)
+and is recomputed from positions and cell inside the model (`edge_vectors`, the only place the
+formula is written)
 so that forces and stress are gradients through both. Edges are sorted by receiver, which
 lets ``segment_sum(..., indices_are_sorted=True)`` take its fast path.
 """
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import jax.numpy as jnp
 import numpy as np
 import vesin
 
@@ -71,11 +73,43 @@ def neighbor_list(positions, cell, pbc, cutoff: float) -> Edges:
     )
 
 
-def edge_vectors_numpy(positions, cell, edges: Edges) -> np.ndarray:
-    """r_ij = positions[j] - positions[i] + shift @ cell, float64 [n_edges, 3] (Å)."""
-    positions = np.asarray(positions, dtype=np.float64)
-    return (
-        positions[edges.senders]
-        - positions[edges.receivers]
-        + edges.shifts @ np.asarray(cell, dtype=np.float64).reshape(3, 3)
-    )
+def edge_vectors(positions, cell, edges, node_graph=None):
+    """The edge vectors r_ij = positions[j] - positions[i] + shifts[e] @ cell (Å), [E, 3]: the
+    one place mlip writes this formula (host and device, numpy and JAX alike).
+
+    Args:
+        positions: [N, 3], Å (numpy or JAX; a JAX caller may differentiate through them).
+        cell: [3, 3] (one structure) or [G, 3, 3] with ``node_graph`` (a padded batch), Å.
+        edges: anything with ``senders``, ``receivers`` and ``shifts`` (int [E, 3]): Edges,
+            mlip.data.graph.Graph / GraphBatch, mlip.sim.neighbors.NeighborList.
+        node_graph: int [N], each atom's structure, for a batched ``cell``.
+
+    Padding edges (from the padding atom to itself, zero shift) give exactly zero vectors.
+    """
+    xp = np if isinstance(positions, np.ndarray) and isinstance(cell, np.ndarray) else jnp
+    shifts = edges.shifts.astype(positions.dtype)
+    if node_graph is None:
+        offsets = shifts @ cell
+    else:  # each edge's structure's cell
+        offsets = xp.einsum("ei,eij->ej", shifts, cell[node_graph[edges.receivers]])
+    return positions[edges.senders] - positions[edges.receivers] + offsets
+
+
+def rebuild_needed(cutoff: float, skin: float, reference_cell, cell, displacement):
+    """Whether a list of pairs within ``cutoff + skin`` (Å), built when the cell was
+    ``reference_cell``, may miss a pair now closer than ``cutoff``: the Verlet skin rule.
+
+    With F = H0^-1 H the cell deformation since the build (rows are lattice vectors) and u_i
+    the displacement of atom i in fractional coordinates expressed in the current cell, any
+    pair's vector is r = r0 F + (u_j - u_i), so |r| >= |r0| s_min(F) - 2 max|u|. The list is
+    stale when (cutoff + skin) s_min(F) - 2 max|u| < cutoff: for a fixed cell the usual "an
+    atom moved more than skin/2". Edges between cutoff and cutoff + skin carry zero energy
+    (the radial envelope), so a list kept by this rule gives the results of a fresh build.
+
+    reference_cell, cell: [..., 3, 3] (complete, non-singular); displacement: [...], max |u|
+    per structure, Å. Returns bool [...]. numpy or JAX.
+    """
+    xp = np if isinstance(cell, np.ndarray) else jnp
+    deformation = xp.linalg.solve(reference_cell, cell)
+    s_min = xp.linalg.svd(deformation, compute_uv=False)[..., -1]
+    return (cutoff + skin) * s_min - 2 * displacement < cutoff

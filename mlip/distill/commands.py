@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import argparse
 import logging
 from pathlib import Path
 
+from mlip.cli import add_command
 from mlip.errors import MlipError
 
 log = logging.getLogger("mlip")
@@ -65,8 +65,8 @@ def _cmd_label(args) -> None:
 
 def add_parsers(commands) -> None:
     """Add ``generate`` and ``label`` to the ``mlip`` subcommand parsers."""
-    generate = commands.add_parser(
-        "generate",
+    generate = add_command(
+        commands, "generate", _cmd_generate,
         help="seed structures for distillation (prototypes, random crystals, real frames)",
         description="Write seed crystals for teacher labelling: elemental and charge-balanced "
         "prototypes (rocksalt, CsCl, zincblende, wurtzite, fluorite, rutile, perovskite, "
@@ -84,10 +84,9 @@ def add_parsers(commands) -> None:
     generate.add_argument("--min-per-element", type=int, default=12)
     generate.add_argument("--max-atoms", type=int, default=16, help="largest seed")
     generate.add_argument("--seed", type=int, default=0)
-    generate.set_defaults(run=_cmd_generate)
 
-    lab = commands.add_parser(
-        "label",
+    lab = add_command(
+        commands, "label", _cmd_label,
         help="label seeds with a teacher (relaxation, perturbations, MD); resumable",
         description="Relax, perturb and heat every seed with a teacher calculator and keep "
         "its labelled frames (energy, forces, stress; provenance per frame), dropping "
@@ -108,4 +107,3 @@ def add_parsers(commands) -> None:
     lab.add_argument("--seeds-per-shard", type=int, default=50)
     lab.add_argument("--seed", type=int, default=0, help="random seed of perturbations and MD")
     lab.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-    lab.set_defaults(run=_cmd_label)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mlip.cli import add_command
 from mlip.errors import MlipError
 from mlip.units import EV_PER_A3_TO_GPA
 
@@ -144,8 +145,8 @@ def _add_common(parser) -> None:
 
 def add_parsers(commands) -> None:
     """Add ``eos``, ``elastic`` and ``phonons`` to the ``mlip`` subcommand parsers."""
-    eos = commands.add_parser(
-        "eos",
+    eos = add_command(
+        commands, "eos", _cmd_eos,
         help="equation of state: Birch-Murnaghan V0, E0, B0, B0'",
         description="Energies of a crystal scaled to volumes within ±MAX_STRAIN, fitted by a "
         "Birch-Murnaghan equation of state; writes the fit (JSON) and a plot (PNG).",
@@ -153,9 +154,8 @@ def add_parsers(commands) -> None:
     _add_common(eos)
     eos.add_argument("--max-strain", type=float, default=0.06, help="largest relative volume change (default 0.06)")
     eos.add_argument("--points", type=int, default=7, help="number of volumes (default 7)")
-    eos.set_defaults(run=_cmd_eos)
-    elastic = commands.add_parser(
-        "elastic",
+    elastic = add_command(
+        commands, "elastic", _cmd_elastic,
         help="elastic constants Cij, bulk/shear/Young's moduli, Poisson ratio (Voigt-Reuss-Hill)",
         description="The 6x6 stiffness of a 3D-periodic crystal from linear fits of stress against "
         "strain for each Voigt component, and its polycrystalline averages; writes JSON and a PNG.",
@@ -163,9 +163,8 @@ def add_parsers(commands) -> None:
     _add_common(elastic)
     elastic.add_argument("--strains", type=float, nargs="+", default=[-0.01, -0.005, 0.005, 0.01],
                          help="Voigt strains applied to each component (default -0.01 -0.005 0.005 0.01)")
-    elastic.set_defaults(run=_cmd_elastic)
-    phonons = commands.add_parser(
-        "phonons",
+    phonons = add_command(
+        commands, "phonons", _cmd_phonons,
         help="phonon band structure, DOS and thermal properties through phonopy (extra [phonons])",
         description="Harmonic phonons of a crystal with phonopy: force constants of a supercell of "
         "its primitive cell by finite displacements or from the autodiff Hessian; band structure "
@@ -180,4 +179,3 @@ def add_parsers(commands) -> None:
     phonons.add_argument("--symprec", type=float, default=1e-3, help="spglib symmetry tolerance, Å (default 0.001)")
     phonons.add_argument("--mesh", type=int, nargs=3, default=[20, 20, 20], help="q-mesh of the DOS and thermal properties")
     phonons.add_argument("--t-max", type=float, default=1000.0, help="highest temperature of the thermal table, K")
-    phonons.set_defaults(run=_cmd_phonons)

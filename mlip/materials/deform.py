@@ -28,7 +28,7 @@ def strained(atoms: ase.Atoms, strain: np.ndarray) -> ase.Atoms:
 
 def relax_ions(atoms: ase.Atoms, *, fmax: float, steps: int, what: str) -> None:
     """Relax positions in place at fixed cell (BFGS) to max |F| < fmax (eV/Å), or raise."""
-    from mlip.simulate import relax
+    from mlip.sim.ase import relax
 
     if not relax(atoms, fmax=fmax, steps=steps, optimizer="bfgs", progress=False):
         raise MlipError(f"{what} did not relax to fmax {fmax} eV/Å in {steps} steps; "
@@ -37,7 +37,7 @@ def relax_ions(atoms: ase.Atoms, *, fmax: float, steps: int, what: str) -> None:
 
 def relax_crystal(atoms: ase.Atoms, *, fmax: float, steps: int) -> None:
     """Relax positions and cell in place (BFGS + FrechetCellFilter) to fmax (eV/Å), or raise."""
-    from mlip.simulate import relax
+    from mlip.sim.ase import relax
 
     with warnings.catch_warnings():
         # FrechetCellFilter's matrix logarithm warns at ~1e-12 error on near-identity cells.

@@ -26,7 +26,7 @@ import dataclasses
 import functools
 import math
 import time
-from typing import Any, Sequence
+from typing import Sequence
 
 import ase
 import jax
@@ -37,11 +37,12 @@ from ase.stress import full_3x3_to_voigt_6_stress
 from tqdm.auto import tqdm
 
 from mlip.data.frame import frame_from_atoms, validate_frame
-from mlip.data.neighbors import edge_vectors_numpy, neighbor_list
+from mlip.data.neighbors import edge_vectors, neighbor_list
 from mlip.errors import DataError, MlipError
 from mlip.potential import Potential, PotentialOutput
 from mlip.sim import neighbors as nl
-from mlip.sim.system import ATOM, GRAPH, System, evaluate, make_system, place, restore, stack, unstack
+from mlip.sim.engine import Engine, get, kinds, replace, select
+from mlip.sim.system import ATOM, System, evaluate, make_system, place, restore, stack, unstack
 
 #: Statuses of a finished structure.
 CONVERGED, UNCONVERGED, COMPLETED = "converged", "not converged", "completed"
@@ -104,14 +105,15 @@ class _Slot:
 def run(
     potential: Potential,
     structures: Sequence[ase.Atoms],
-    engine: Any,
+    engine: Engine,
     *,
     skin: float = 0.5,
     budget: Budget = Budget(),
     progress: bool = False,
     matmul_precision: str = "highest",
 ) -> list[Result]:
-    """Run ``engine`` (mlip.sim.api's relaxation or MD engines) over all ``structures``.
+    """Run ``engine`` (mlip.sim.engine.Engine: mlip.sim.relax's and mlip.sim.md's) over all
+    ``structures`` (ase.Atoms); one Result per structure, in input order.
 
     ``matmul_precision``: of float32 matmuls, as jax.default_matmul_precision takes it.
     Simulation wants full float32 ("highest"), not TF32, the default on GPUs ("default"):
@@ -213,17 +215,17 @@ class _Runner:
                 break
             self.spec = nl.grown(self.spec, system.neighbors, self.budget.growth)
         options = stack([self.engine.options(self.structures[s.index], s.index) for s in slots],
-                        self.engine.OPTIONS, n_node, n_graph)
+                        self.engine.option_kinds, n_node, n_graph)
         fns = _compiled(self.engine, self.potential.config, self.spec, self.potential.edge_chunk)
         fresh = fns.blank(system, options)
         started = [s for s in slots if s.started]
         carried = fresh
         if started:
-            fields = stack([s.record for s in started], self.engine.state_type.KINDS, n_node, n_graph)
-            carried = fresh._replace(**{k: jnp.asarray(v, getattr(fresh, k).dtype) for k, v in fields.items()})
+            fields = stack([s.record for s in started], kinds(fresh), n_node, n_graph)
+            carried = replace(fresh, {k: jnp.asarray(v, get(fresh, k).dtype) for k, v in fields.items()})
         is_new = np.arange(n_graph) >= len(started)
         state = fns.start(self.potential.params, fresh, carried, jnp.asarray(is_new))
-        if hasattr(self.engine, "observe"):  # the log starts at step 0, as ASE's MDLogger's
+        if self.engine.observe is not None:  # the log starts at step 0, as ASE's MDLogger's
             for slot, rec in zip(slots, self._records(state, slots)):
                 if not slot.started:
                     self._log(slot.index, rec)
@@ -250,13 +252,12 @@ class _Runner:
         records = self._records(state, slots)
         done = np.asarray(_finished(self.engine, state))[: len(slots)]
         finite = np.asarray(_finite(state))[: len(slots)]
-        observe = getattr(self.engine, "observe", None)  # engines that log have an interval
         finished = 0
         for g, (slot, rec) in enumerate(zip(slots, records)):
             if self.results[slot.index] is not None:
                 continue  # finished earlier, frozen until the batch is repacked
             slot.record, slot.started = rec, True
-            if observe is not None and (rec["steps"] % self.engine.interval == 0 or done[g]):
+            if self.engine.observe is not None and (rec["steps"] % self.engine.interval == 0 or done[g]):
                 self._log(slot.index, rec)
             if not finite[g]:
                 self._fail(slot.index, rec, NON_FINITE, "energies, forces, positions or velocities became non-finite "
@@ -272,9 +273,9 @@ class _Runner:
 
     def _records(self, state, slots) -> list[dict]:
         """The per-structure records (System and engine fields, numpy) of ``slots``."""
-        kinds = {**System.KINDS, **self.engine.state_type.KINDS}
-        arrays = {k: np.asarray(getattr(state.system if k in System.KINDS else state, k)) for k in kinds}
-        return unstack(arrays, kinds, [len(s.record["numbers"]) for s in slots])
+        fields = {**System.KINDS, **kinds(state)}
+        arrays = {k: np.asarray(getattr(state.system, k) if k in System.KINDS else get(state, k)) for k in fields}
+        return unstack(arrays, fields, [len(s.record["numbers"]) for s in slots])
 
     def _log(self, index: int, rec: dict) -> None:
         entries = self.logs.setdefault(index, [])
@@ -285,7 +286,7 @@ class _Runner:
 
     def _finish(self, index, rec):
         # An engine may judge a finished run by its log (MD: the drift of the conserved energy).
-        problem = self.engine.problem(self.logs.get(index, []), rec) if hasattr(self.engine, "problem") else None
+        problem = self.engine.problem(self.logs.get(index, []), rec)
         if problem is not None:
             return self._fail(index, rec, problem[0], problem[1])
         converged = bool(self.engine.succeeded(rec))
@@ -323,7 +324,7 @@ def _edge_counts(records: list[dict | None], cutoff: float, skin: float) -> tupl
     for k, rec in enumerate(records):
         if rec is not None:
             listed = neighbor_list(rec["positions"], rec["cell"], rec["pbc"], cutoff + skin)
-            lengths = np.linalg.norm(edge_vectors_numpy(rec["positions"], rec["cell"], listed), axis=1)
+            lengths = np.linalg.norm(edge_vectors(rec["positions"], rec["cell"], listed), axis=1)
             edges[k], within[k] = len(lengths), np.sum(lengths < cutoff)
     return edges, within
 
@@ -343,10 +344,10 @@ def _invalid(atoms: ase.Atoms, index: int) -> str | None:
 
 def _finite(state):
     """bool [G]: every floating field of each structure (positions, cell and all of the
-    engine state's `KINDS`: energies, forces, velocities, ...) is finite."""
+    engine state's fields: energies, forces, velocities, ...) is finite."""
     system = state.system
     fields = {**{k: (kind, getattr(system, k)) for k, kind in System.KINDS.items()},
-              **{k: (kind, getattr(state, k)) for k, kind in type(state).KINDS.items()}}
+              **{k: (kind, get(state, k)) for k, kind in kinds(state).items()}}
     ok = jnp.ones(system.cell.shape[0], bool)
     for kind, array in fields.values():
         if not jnp.issubdtype(array.dtype, jnp.floating):
@@ -361,22 +362,7 @@ def _finite(state):
 
 def _finished(engine, state):
     """bool [G]: real structures that need no more steps (done, or failed)."""
-    return state.system.graph_mask & (engine.finished(state) | ~_finite(state))
-
-
-def select(active, new, old):
-    """``new`` for structures where ``active`` [G] holds, ``old`` elsewhere (per KINDS)."""
-    graph = new.system.node_graph
-
-    def pick(kind, a, b):
-        mask = active if kind == GRAPH else active[graph]
-        return jnp.where(mask.reshape(mask.shape + (1,) * (a.ndim - 1)), a, b)
-
-    system = new.system._replace(**{
-        k: pick(kind, getattr(new.system, k), getattr(old.system, k)) for k, kind in System.KINDS.items()
-    })
-    fields = {k: pick(kind, getattr(new, k), getattr(old, k)) for k, kind in type(new).KINDS.items()}
-    return new._replace(system=system, **fields)
+    return state.system.graph_mask & (engine.done(state) | ~_finite(state))
 
 
 def _no_forces(system: System) -> PotentialOutput:
@@ -389,20 +375,20 @@ def _no_forces(system: System) -> PotentialOutput:
 class _Functions:
     """The jitted device functions of one (engine, model config, neighbour spec, edge chunk)."""
 
-    def __init__(self, engine, config, spec, edge_chunk):
+    def __init__(self, engine: Engine, config, spec, edge_chunk):
         def build(params):
-            return engine.build(functools.partial(evaluate, config, params, edge_chunk=edge_chunk), spec)
+            return engine.dynamics(functools.partial(evaluate, config, params, edge_chunk=edge_chunk), spec)
 
         def blank(system, options):
-            # init_fn with a stand-in potential: every field but the forces, without tracing
+            # init with a stand-in potential: every field but the forces, without tracing
             # the model; `start` evaluates the real one once, after merging.
-            return engine.build(_no_forces, spec)[0](system, **options)
+            return engine.dynamics(_no_forces, spec).init(system, **options)
 
         def start(params, fresh, carried, is_new):
-            return build(params)[2](select(is_new, fresh, carried))
+            return build(params).refresh(select(is_new, fresh, carried))
 
         def chunk(params, state, limit, min_done):
-            step_fn = build(params)[1]
+            step_fn = build(params).step
 
             def cond(carry):
                 state, i, overflow = carry
@@ -411,7 +397,7 @@ class _Functions:
                 # An engine that logs every k steps (MD) stops the chunk where a running
                 # structure reaches a multiple of k, so a chunk cut short (overflow, refill)
                 # never shifts the log.
-                interval = getattr(engine, "interval", None)
+                interval = engine.interval
                 at_boundary = jnp.asarray(False) if interval is None else (i > 0) & jnp.any(running & (state.steps % interval == 0))
                 return ~overflow & (i < limit) & (jnp.sum(done) < min_done) & jnp.any(running) & ~at_boundary
 
@@ -436,7 +422,29 @@ class _Functions:
 _padded = jax.jit(nl.padded, static_argnums=0)
 
 
-@functools.lru_cache(maxsize=32)
-def _compiled(engine, config, spec, edge_chunk) -> _Functions:
-    return _Functions(engine, config, spec, edge_chunk)
+class _Keyed:
+    """An engine hashed and compared by its ``key`` (its functions are fresh closures on every
+    call of mlip.sim.relax / md; equal keys mean equal functions)."""
 
+    def __init__(self, engine: Engine):
+        self.engine = engine
+
+    def __hash__(self):
+        return hash(self.engine.key)
+
+    def __eq__(self, other):
+        return isinstance(other, _Keyed) and self.engine.key == other.engine.key
+
+
+def _compiled(engine: Engine, config, spec, edge_chunk) -> _Functions:
+    """The compiled device functions of ``engine`` (cached by its key)."""
+    return _compiled_by_key(_Keyed(engine), config, spec, edge_chunk)
+
+
+@functools.lru_cache(maxsize=32)
+def _compiled_by_key(keyed: _Keyed, config, spec, edge_chunk) -> _Functions:
+    return _Functions(keyed.engine, config, spec, edge_chunk)
+
+
+
+_compiled.cache_info = _compiled_by_key.cache_info  # how many shapes were compiled (tests)

@@ -1,6 +1,11 @@
 """Batched molecular dynamics: velocity Verlet (NVE), Langevin (BAOAB) and a Nose-Hoover chain
-(NVT), and Langevin with a stochastic cell-rescaling barostat, isotropic or anisotropic (NPT), as pure
-(init_fn, step_fn, refresh_fn) over `MDState`.
+(NVT), and Langevin with a stochastic cell-rescaling barostat, isotropic or anisotropic (NPT), each
+an mlip.sim.engine.Dynamics (init, step, refresh) over `MDState`. Which ASE integrator matches
+each, with which parameters: mlip.sim.ensembles.
+
+Constraints: components fixed by FixAtoms / FixCartesian (System.free) get no force, no
+thermostat noise and zero initial velocity, so they stay put; the temperature counts the free
+components only (ASE's Atoms.get_temperature).
 
 Units: Å, fs, amu, eV, K; velocities in Å/fs; stress and pressure in eV/Å^3 (ASE sign for
 stress: positive = tensile). Every structure has its own target temperature, thermostat chain
@@ -17,6 +22,7 @@ from ase import units
 
 from mlip.potential import PotentialOutput
 from mlip.sim import frechet
+from mlip.sim.engine import Dynamics, drift, kick
 from mlip.sim.neighbors import NeighborSpec
 from mlip.sim.system import ATOM, GRAPH, System, moved
 
@@ -75,8 +81,10 @@ def kinetic_energy(velocities, system: System):
 
 
 def degrees_of_freedom(system: System):
-    """[G]: 3 n (ASE's Atoms.get_temperature convention), at least 1."""
-    return jnp.maximum(3 * system.n_node, 1).astype(system.positions.dtype)
+    """[G]: the free Cartesian components, 3 n without constraints (ASE's
+    Atoms.get_temperature convention), at least 1."""
+    free = jax.ops.segment_sum(jnp.sum(system.free, axis=1), system.node_graph, system.cell.shape[0])
+    return jnp.maximum(free, 1).astype(system.positions.dtype)
 
 
 def instantaneous_temperature(state: MDState):
@@ -94,14 +102,14 @@ def _driver(energy_fn, spec, dt):
             kinetic_energy=kinetic_energy(state.velocities, state.system),
         )
 
-    def kick(state: MDState, fraction: float) -> MDState:
+    def half_kick(state: MDState, fraction: float) -> MDState:
         system = state.system
-        acceleration = state.forces / system.masses[:, None] * ACCELERATION
-        velocities = state.velocities + fraction * dt * jnp.where(system.node_mask[:, None], acceleration, 0.0)
+        acceleration = state.forces * system.free / system.masses[:, None] * ACCELERATION
+        velocities = kick(state.velocities, jnp.where(system.node_mask[:, None], acceleration, 0.0), fraction * dt)
         return state._replace(velocities=velocities, kinetic_energy=kinetic_energy(velocities, system))
 
-    def drift(state: MDState, fraction: float, update_neighbors: bool = True):
-        positions = state.system.positions + fraction * dt * state.velocities
+    def move(state: MDState, fraction: float, update_neighbors: bool = True):
+        positions = drift(state.system.positions, state.velocities, fraction * dt)
         if not update_neighbors:
             return state._replace(system=state.system._replace(positions=positions))
         return state._replace(system=moved(state.system, positions, state.system.cell, spec))
@@ -111,7 +119,7 @@ def _driver(energy_fn, spec, dt):
         zeros = jnp.zeros(n_graph, dtype)
         state = MDState(
             system=system, energy=zeros, forces=jnp.zeros_like(system.positions),
-            stress=jnp.zeros_like(system.cell), velocities=jnp.asarray(velocities, dtype),
+            stress=jnp.zeros_like(system.cell), velocities=jnp.asarray(velocities, dtype) * system.free,
             kinetic_energy=zeros, temperature=jnp.asarray(temperature, dtype),
             pressure=jnp.asarray(pressure, dtype), key=jnp.asarray(key, jnp.uint32),
             chain_positions=jnp.zeros((n_graph, CHAIN), dtype),
@@ -120,12 +128,12 @@ def _driver(energy_fn, spec, dt):
         )
         return refresh(state)
 
-    return init, refresh, kick, drift
+    return init, refresh, half_kick, move
 
 
-def nve(energy_fn: Callable[[System], PotentialOutput], spec: NeighborSpec, *, timestep: float):
-    """Velocity Verlet, ``timestep`` fs. init_fn(system, velocities [N, 3] Å/fs, temperature
-    [G] K, pressure [G] eV/Å^3, key uint32 [G, 2]) -> MDState; step_fn(state) -> MDState."""
+def nve(energy_fn: Callable[[System], PotentialOutput], spec: NeighborSpec, *, timestep: float) -> Dynamics:
+    """Velocity Verlet, ``timestep`` fs. init(system, velocities [N, 3] Å/fs, temperature
+    [G] K, pressure [G] eV/Å^3, key uint32 [G, 2]) -> MDState; step(state) -> MDState."""
     init, refresh, kick, drift = _driver(energy_fn, spec, timestep)
 
     def step_fn(state: MDState) -> MDState:
@@ -133,11 +141,11 @@ def nve(energy_fn: Callable[[System], PotentialOutput], spec: NeighborSpec, *, t
         state = kick(refresh(state), 0.5)
         return state._replace(steps=state.steps + 1)
 
-    return init, step_fn, refresh
+    return Dynamics(init, step_fn, refresh)
 
 
-def langevin(energy_fn, spec: NeighborSpec, *, timestep: float, friction: float):
-    """Langevin dynamics (BAOAB splitting), ``friction`` in 1/fs; same init_fn as `nve`."""
+def langevin(energy_fn, spec: NeighborSpec, *, timestep: float, friction: float) -> Dynamics:
+    """Langevin dynamics (BAOAB splitting), ``friction`` in 1/fs; same init as `nve`."""
     init, refresh, kick, drift = _driver(energy_fn, spec, timestep)
 
     def step_fn(state: MDState) -> MDState:
@@ -146,7 +154,7 @@ def langevin(energy_fn, spec: NeighborSpec, *, timestep: float, friction: float)
         state = kick(refresh(drift(state, 0.5)), 0.5)
         return state._replace(steps=state.steps + 1)
 
-    return init, step_fn, refresh
+    return Dynamics(init, step_fn, refresh)
 
 
 def _ornstein_uhlenbeck(state: MDState, dt: float, friction: float) -> MDState:
@@ -160,7 +168,7 @@ def _ornstein_uhlenbeck(state: MDState, dt: float, friction: float) -> MDState:
     c = jnp.exp(-friction * dt)
     kT = units.kB * state.temperature[system.node_graph]
     sigma = jnp.sqrt((1 - c**2) * kT / system.masses) * units.fs
-    velocities = c * state.velocities + jnp.where(system.node_mask, sigma, 0.0)[:, None] * noise
+    velocities = c * state.velocities + jnp.where(system.node_mask, sigma, 0.0)[:, None] * noise * system.free
     before = state.kinetic_energy
     after = kinetic_energy(velocities, system)
     return state._replace(velocities=velocities, key=keys[:, 0], kinetic_energy=after,
@@ -172,9 +180,9 @@ def _local_index(system: System):
     return jnp.arange(system.positions.shape[0]) - system.graph_start[system.node_graph]
 
 
-def nose_hoover_chain(energy_fn, spec: NeighborSpec, *, timestep: float, tau: float):
+def nose_hoover_chain(energy_fn, spec: NeighborSpec, *, timestep: float, tau: float) -> Dynamics:
     """Nose-Hoover chain NVT (Martyna-Tuckerman-Klein, chain of `CHAIN`), relaxation time
-    ``tau`` fs; Trotter splitting chain(dt/2) - velocity Verlet - chain(dt/2). Same init_fn."""
+    ``tau`` fs; Trotter splitting chain(dt/2) - velocity Verlet - chain(dt/2). Same init."""
     init, refresh, kick, drift = _driver(energy_fn, spec, timestep)
 
     def step_fn(state: MDState) -> MDState:
@@ -184,7 +192,7 @@ def nose_hoover_chain(energy_fn, spec: NeighborSpec, *, timestep: float, tau: fl
         state = _chain_half_step(state, timestep, tau)
         return state._replace(steps=state.steps + 1)
 
-    return init, step_fn, refresh
+    return Dynamics(init, step_fn, refresh)
 
 
 def _chain_half_step(state: MDState, dt: float, tau: float) -> MDState:
@@ -219,12 +227,12 @@ def _chain_half_step(state: MDState, dt: float, tau: float) -> MDState:
 
 
 def npt_langevin(energy_fn, spec: NeighborSpec, *, timestep: float, friction: float, tau_p: float,
-                 compressibility: float, anisotropic: bool = False):
+                 compressibility: float, anisotropic: bool = False) -> Dynamics:
     """NPT: Langevin thermostat plus stochastic cell rescaling (Bernetti & Bussi, J. Chem. Phys.
     153, 114107 (2020)) of the volume towards the target pressure, and with ``anisotropic`` a
     weak (Berendsen-type) coupling of the cell shape to the deviatoric pressure. tau_p:
     barostat time, fs; compressibility: Å^3/eV (an estimate of the material's; it sets the
-    coupling strength only). Structures not periodic in 3-d keep their cell. Same init_fn as
+    coupling strength only). Structures not periodic in 3-d keep their cell. Same init as
     `nve`."""
     init, refresh, kick, drift = _driver(energy_fn, spec, timestep)
 
@@ -237,7 +245,7 @@ def npt_langevin(energy_fn, spec: NeighborSpec, *, timestep: float, friction: fl
         state = kick(refresh(state), 0.5)
         return state._replace(steps=state.steps + 1)
 
-    return init, step_fn, refresh
+    return Dynamics(init, step_fn, refresh)
 
 
 def pressure_tensor(state: MDState):

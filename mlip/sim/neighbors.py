@@ -26,11 +26,9 @@ compacts the list to those pairs (`activate`, a gather of O(E) distances), so th
 ``active_capacity`` edge slots instead of ``capacity``; more pairs inside the cutoff than that
 sets ``overflow`` too.
 
-Verlet skin: with F = H0^-1 H the cell deformation since the build and u_i the displacement of
-atom i in fractional coordinates expressed in the current cell, every pair now closer than the
-cutoff was closer than ``cutoff + skin`` at the build while (cutoff + skin) s_min(F) - 2 max|u|
->= cutoff, per structure (the rule of mlip.calculator.SkinNeighborList). Edges between the
-cutoff and the radius carry exactly zero energy (the radial envelope).
+Verlet skin: the list is rebuilt when, for any structure, it may miss a pair now closer than the
+cutoff: the rule of mlip.data.neighbors.rebuild_needed, which the ASE calculator's host list
+(mlip.calculator.SkinNeighborList) applies too.
 """
 
 from __future__ import annotations
@@ -42,6 +40,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from mlip.data.neighbors import edge_vectors, rebuild_needed
 
 
 @dataclasses.dataclass(frozen=True)
@@ -194,9 +194,7 @@ def activate(spec: NeighborSpec, neighbors: NeighborList, positions, cell, topol
     the spec has no active capacity."""
     if spec.active_capacity is None:
         return neighbors
-    graph = topology.node_graph[neighbors.receivers]
-    vectors = (positions[neighbors.senders] - positions[neighbors.receivers]
-               + jnp.einsum("ei,eij->ej", neighbors.shifts.astype(positions.dtype), cell[graph]))
+    vectors = edge_vectors(positions, cell, neighbors, topology.node_graph)
     within = neighbors.edge_mask & (jnp.sum(vectors * vectors, axis=-1) < spec.cutoff**2)
     count = jnp.sum(within, dtype=jnp.int32)
     (active,) = jnp.nonzero(within, size=spec.active_capacity, fill_value=0)
@@ -209,8 +207,6 @@ def activate(spec: NeighborSpec, neighbors: NeighborList, positions, cell, topol
 def stale(spec: NeighborSpec, neighbors: NeighborList, positions, cell, topology: Topology):
     """bool [G]: structures whose list may miss a pair closer than the cutoff now."""
     graph = topology.node_graph
-    deformation = jnp.linalg.solve(neighbors.reference_cell, cell)  # H0^-1 H
-    s_min = jnp.linalg.svd(deformation, compute_uv=False)[:, -1]
     fractional = jnp.einsum("ni,nij->nj", positions, jnp.linalg.inv(cell)[graph])
     reference = jnp.einsum(
         "ni,nij->nj", neighbors.reference_positions, jnp.linalg.inv(neighbors.reference_cell)[graph]
@@ -219,7 +215,7 @@ def stale(spec: NeighborSpec, neighbors: NeighborList, positions, cell, topology
     moved = jnp.where(topology.node_mask, jnp.sqrt(jnp.sum(moved * moved, axis=-1)), 0.0)
     displacement = jax.ops.segment_max(moved, graph, num_segments=cell.shape[0])
     displacement = jnp.maximum(displacement, 0.0)  # segment_max of an empty segment is -inf
-    return spec.radius * s_min - 2 * displacement < spec.cutoff
+    return rebuild_needed(spec.cutoff, spec.skin, neighbors.reference_cell, cell, displacement)
 
 
 def update(spec: NeighborSpec, neighbors: NeighborList, positions, cell, topology: Topology):

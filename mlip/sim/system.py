@@ -23,6 +23,7 @@ from ase.geometry.minkowski_reduction import minkowski_reduce
 
 from mlip.data.frame import completed_cell
 from mlip.data.graph import GraphBatch
+from mlip.errors import MlipError
 from mlip.nn.message_passing import DEFAULT_EDGE_CHUNK
 from mlip.potential import PotentialOutput, compute
 from mlip.sim import neighbors as nl
@@ -42,6 +43,8 @@ class System(NamedTuple):
     numbers: int32 [N], atomic numbers (0 for padding).
     masses: [N], amu (1 for padding).
     pbc: bool [G, 3].
+    free: [N, 3], 1 where a Cartesian component may move, 0 where a constraint fixes it
+        (`free_components`: ASE's FixAtoms and FixCartesian); 0 for padding.
     node_graph: int32 [N]; node_mask: bool [N]; graph_mask: bool [G].
     graph_start: int32 [G], first atom of each structure; n_node: int32 [G], its atom count.
     neighbors: mlip.sim.neighbors.NeighborList.
@@ -52,6 +55,7 @@ class System(NamedTuple):
     numbers: jax.Array
     masses: jax.Array
     pbc: jax.Array
+    free: jax.Array
     node_graph: jax.Array
     node_mask: jax.Array
     graph_mask: jax.Array
@@ -59,7 +63,7 @@ class System(NamedTuple):
     n_node: jax.Array
     neighbors: nl.NeighborList
 
-    KINDS = {"positions": ATOM, "cell": GRAPH, "numbers": ATOM, "masses": ATOM, "pbc": GRAPH}
+    KINDS = {"positions": ATOM, "cell": GRAPH, "numbers": ATOM, "masses": ATOM, "pbc": GRAPH, "free": ATOM}
 
     @property
     def topology(self) -> nl.Topology:
@@ -74,7 +78,26 @@ def record(atoms: ase.Atoms) -> dict:
         "numbers": np.asarray(atoms.numbers, np.int32),
         "masses": np.asarray(atoms.get_masses(), np.float64),
         "pbc": np.asarray(atoms.pbc, bool),
+        "free": free_components(atoms),
     }
+
+
+def free_components(atoms: ase.Atoms) -> np.ndarray:
+    """float64 [n, 3]: 0 for each Cartesian component that ``atoms``' constraints fix (ASE's
+    FixAtoms, and FixCartesian with its mask), 1 elsewhere. Other constraints are an MlipError
+    naming them (the ASE path, `mlip.sim.ase`, honours every ASE constraint)."""
+    from ase.constraints import FixAtoms, FixCartesian
+
+    free = np.ones((len(atoms), 3))
+    for constraint in atoms.constraints:
+        if isinstance(constraint, FixAtoms):
+            free[constraint.index] = 0.0
+        elif isinstance(constraint, FixCartesian):
+            free[constraint.index] = np.where(constraint.mask, 0.0, free[constraint.index])
+        else:
+            raise MlipError(f"constraint {type(constraint).__name__} is not supported by the batched engine "
+                            "(FixAtoms and FixCartesian are); run this structure through ASE (--engine ase)")
+    return free
 
 
 class Placement(NamedTuple):
@@ -182,6 +205,7 @@ def make_system(arrays: dict, sizes: Sequence[int], spec: nl.NeighborSpec, dtype
     fields["positions"] = jnp.asarray(fields["positions"], dtype)
     fields["cell"] = jnp.asarray(fields["cell"], dtype)
     fields["masses"] = jnp.asarray(fields["masses"], dtype)
+    fields["free"] = jnp.asarray(fields["free"], dtype)
     fields = {k: jnp.asarray(v) for k, v in fields.items()}
     topology = nl.Topology(*(fields[k] for k in ("node_graph", "node_mask", "graph_start", "n_node", "pbc")))
     neighbors = _build(spec, fields["positions"], fields["cell"], topology)
@@ -215,7 +239,6 @@ def graph_batch(system: System) -> GraphBatch:
         pbc=system.pbc,
         graph_mask=system.graph_mask,
         n_node=system.n_node,
-        n_edge=jnp.zeros_like(system.n_node),
     )
 
 

@@ -1,5 +1,8 @@
-"""Relaxation and molecular dynamics of one structure through ASE, with the mlip Calculator:
-what `mlip relax` and `mlip md` run. Outputs are written atomically; progress is shown and logged."""
+"""The ASE path of mlip.sim: relaxation and molecular dynamics of one structure through ASE's
+optimisers and integrators, with the mlip Calculator attached (what `mlip relax` and `mlip md`
+run with --engine ase, an ASE optimiser or a trajectory file). Any ASE constraint holds. The MD
+integrators are those of mlip.sim.ensembles, the same table the batched engine reads. Outputs
+are written atomically; progress is shown and logged."""
 
 from __future__ import annotations
 
@@ -12,12 +15,9 @@ from pathlib import Path
 import ase
 import ase.io
 import numpy as np
-from ase import units
 from ase.filters import FrechetCellFilter
 from ase.io.trajectory import Trajectory
 from ase.md import MDLogger
-from ase.md.langevin import Langevin
-from ase.md.nose_hoover_chain import MTKNPT, IsotropicMTKNPT, NoseHooverChainNVT
 from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
 from ase.md.verlet import VelocityVerlet
 from ase.optimize import BFGS, FIRE, LBFGS
@@ -25,12 +25,13 @@ from tqdm.auto import tqdm
 
 from mlip.errors import MlipError
 from mlip.fileio import atomic_write_bytes
+from mlip.sim.ensembles import Parameters, check_structures, ensemble
 from mlip.units import EV_PER_A3_TO_GPA
 
-log = logging.getLogger("mlip.simulate")
+log = logging.getLogger("mlip.sim.ase")
 
+#: ASE optimisers by name.
 OPTIMIZERS = {"fire": FIRE, "bfgs": BFGS, "lbfgs": LBFGS}
-ENSEMBLES = ("nve", "nvt", "nvt-langevin", "npt", "npt-aniso")
 
 
 def summary(atoms: ase.Atoms) -> str:
@@ -113,23 +114,11 @@ def _quiet_cell_filter():
         yield
 
 
-def make_dynamics(atoms: ase.Atoms, ensemble: str, *, temperature: float, timestep: float, pressure: float, friction: float, seed: int):
-    """An ASE integrator for ``ensemble``. temperature K, timestep fs, pressure GPa, friction 1/fs."""
-    dt = timestep * units.fs
-    if ensemble == "nve":
-        return VelocityVerlet(atoms, dt)
-    if ensemble == "nvt":
-        return NoseHooverChainNVT(atoms, dt, temperature_K=temperature, tdamp=100 * dt)
-    if ensemble == "nvt-langevin":
-        return Langevin(atoms, dt, temperature_K=temperature, friction=friction / units.fs, rng=np.random.default_rng(seed))
-    if ensemble in ("npt", "npt-aniso"):
-        if not atoms.pbc.all():
-            raise MlipError("NPT needs a structure periodic in all three directions")
-        barostat = IsotropicMTKNPT if ensemble == "npt" else MTKNPT
-        return barostat(
-            atoms, dt, temperature_K=temperature, pressure_au=pressure * units.GPa, tdamp=100 * dt, pdamp=1000 * dt
-        )
-    raise MlipError(f"unknown ensemble {ensemble!r}; choose one of {ENSEMBLES}")
+def make_dynamics(atoms: ase.Atoms, name: str, parameters: Parameters, *, temperature: float, pressure: float,
+                  seed: int):
+    """The ASE integrator of ensemble ``name`` (mlip.sim.ensembles). temperature K, pressure GPa."""
+    check_structures(name, [atoms])
+    return ensemble(name).ase(atoms, parameters, temperature, pressure, seed)
 
 
 def _conserved_energy(dynamics, atoms: ase.Atoms):
@@ -153,10 +142,9 @@ def run_md(
     *,
     ensemble: str = "nve",
     temperature: float = 300.0,
-    timestep: float = 1.0,
     steps: int = 1000,
     pressure: float = 0.0,
-    friction: float = 0.01,
+    parameters: Parameters = Parameters(),
     seed: int = 0,
     interval: int = 10,
     trajectory: Path | None = None,
@@ -164,15 +152,17 @@ def run_md(
     progress: bool = True,
     max_drift: float | None = 1.0,
 ) -> dict:
-    """Molecular dynamics of ``atoms`` (calculator attached), velocities drawn at ``temperature``
-    K. Logs every ``interval`` steps (ASE MDLogger format) and writes the trajectory. Returns
-    throughput figures: ns/day and atom-steps/s. Every ``interval`` steps the conserved energy
-    (nve: potential + kinetic; nvt and npt: ASE's extended energy; nvt-langevin has none) is
-    compared with its start: a drift over ``max_drift`` eV/atom (a blown-up run) is an
-    MlipError (None: no check)."""
+    """Molecular dynamics of ``atoms`` (calculator attached) in ``ensemble`` (a name of
+    mlip.sim.ensembles.ENSEMBLES, with ``parameters``: timestep fs, friction, tau, tau_p),
+    velocities drawn at ``temperature`` K, target ``pressure`` GPa. Logs every ``interval``
+    steps (ASE MDLogger format) and writes the trajectory. Returns throughput figures: ns/day
+    and atom-steps/s. Every ``interval`` steps the conserved energy (nve: potential + kinetic;
+    nvt: ASE's extended energy; the Langevin ensembles have none) is compared with its start:
+    a drift over ``max_drift`` eV/atom (a blown-up run) is an MlipError (None: no check)."""
+    timestep = parameters.timestep
+    dynamics = make_dynamics(atoms, ensemble, parameters, temperature=temperature, pressure=pressure, seed=seed)
     MaxwellBoltzmannDistribution(atoms, temperature_K=temperature, rng=np.random.default_rng(seed))
     Stationary(atoms)
-    dynamics = make_dynamics(atoms, ensemble, temperature=temperature, timestep=timestep, pressure=pressure, friction=friction, seed=seed)
     if logfile is not None:
         dynamics.attach(MDLogger(dynamics, atoms, str(logfile), header=True, stress=atoms.pbc.all(), mode="w"), interval=interval)
     writer = Trajectory(str(trajectory), "w", atoms) if trajectory else None
