@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from mlip.cli import add_command
+
 
 def _cmd_export(args) -> None:
     from mlip.export import export_command
