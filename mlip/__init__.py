@@ -2,6 +2,8 @@
 
     mlip.Potential    a model's config + parameters; energy, forces and stress (mlip.potential)
     mlip.Calculator   the ASE calculator (mlip.calculator)
+    mlip.sim          batched relaxation and MD on the device (mlip.sim.relax, mlip.sim.md)
+    mlip.runtime      runtime choices: matmul precision, kernel, compilation cache
     mlip.data         readers, neighbour lists, padded graph batches, loader, shards
 """
 
@@ -9,5 +11,6 @@ __version__ = "0.1.0"
 
 from mlip.calculator import Calculator  # noqa: E402
 from mlip.potential import Potential  # noqa: E402
+from mlip import runtime, sim  # noqa: E402  (after Potential: mlip.sim builds on it)
 
-__all__ = ["Calculator", "Potential", "__version__"]
+__all__ = ["Calculator", "Potential", "runtime", "sim", "__version__"]

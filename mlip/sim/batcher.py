@@ -40,8 +40,9 @@ from mlip.data.frame import frame_from_atoms, validate_frame
 from mlip.data.neighbors import edge_vectors_numpy, neighbor_list
 from mlip.errors import DataError, MlipError
 from mlip.potential import Potential, PotentialOutput
+from mlip.runtime import release_compiled_programs_if_needed
 from mlip.sim import neighbors as nl
-from mlip.sim.system import ATOM, GRAPH, System, evaluate, make_system, place, restore, stack, unstack
+from mlip.sim.system import ATOM, GRAPH, System, compute_system, make_system, place, restore, stack, unstack
 
 #: Statuses of a finished structure.
 CONVERGED, UNCONVERGED, COMPLETED = "converged", "not converged", "completed"
@@ -109,13 +110,11 @@ def run(
     skin: float = 0.5,
     budget: Budget = Budget(),
     progress: bool = False,
-    matmul_precision: str = "highest",
 ) -> list[Result]:
     """Run ``engine`` (mlip.sim.api's relaxation or MD engines) over all ``structures``.
 
-    ``matmul_precision``: of float32 matmuls, as jax.default_matmul_precision takes it.
-    Simulation wants full float32 ("highest"), not TF32, the default on GPUs ("default"):
-    benchmarks/RESULTS.md, "GPU device check", has the measured difference.
+    The potential's runtime choices (matmul precision, kernel, edge chunk) hold, as at every
+    call site (mlip.runtime).
     """
     structures = list(structures)
     for k, atoms in enumerate(structures):
@@ -125,9 +124,8 @@ def run(
             potential.check_species(atoms.numbers[(atoms.numbers >= 1) & (atoms.numbers <= 118)])
         except MlipError as exc:
             raise MlipError(f"structure {k}: {exc}") from None
-    runner = _Runner(potential, engine, skin, budget, structures)
-    with jax.default_matmul_precision(matmul_precision):
-        return runner.run(progress)
+    release_compiled_programs_if_needed()
+    return _Runner(potential, engine, skin, budget, structures).run(progress)
 
 
 class _Runner:
@@ -214,7 +212,7 @@ class _Runner:
             self.spec = nl.grown(self.spec, system.neighbors, self.budget.growth)
         options = stack([self.engine.options(self.structures[s.index], s.index) for s in slots],
                         self.engine.OPTIONS, n_node, n_graph)
-        fns = _compiled(self.engine, self.potential.config, self.spec, self.potential.edge_chunk)
+        fns = _compiled(self.engine, self.potential.config, self.spec, self.potential.runtime)
         fresh = fns.blank(system, options)
         started = [s for s in slots if s.started]
         carried = fresh
@@ -234,7 +232,7 @@ class _Runner:
         real = int(np.sum(np.asarray(state.system.graph_mask)))
         min_done = max(1, math.ceil(self.budget.refill_fraction * real)) if queue else real
         while True:
-            fns = _compiled(self.engine, self.potential.config, self.spec, self.potential.edge_chunk)
+            fns = _compiled(self.engine, self.potential.config, self.spec, self.potential.runtime)
             state = fns.chunk(self.potential.params, state, self.budget.chunk, min_done)
             neighbors = state.system.neighbors
             if not bool(neighbors.overflow):
@@ -389,9 +387,9 @@ def _no_forces(system: System) -> PotentialOutput:
 class _Functions:
     """The jitted device functions of one (engine, model config, neighbour spec, edge chunk)."""
 
-    def __init__(self, engine, config, spec, edge_chunk):
+    def __init__(self, engine, config, spec, runtime):
         def build(params):
-            return engine.build(functools.partial(evaluate, config, params, edge_chunk=edge_chunk), spec)
+            return engine.build(functools.partial(compute_system, config, params, runtime=runtime), spec)
 
         def blank(system, options):
             # init_fn with a stand-in potential: every field but the forces, without tracing
@@ -437,6 +435,6 @@ _padded = jax.jit(nl.padded, static_argnums=0)
 
 
 @functools.lru_cache(maxsize=32)
-def _compiled(engine, config, spec, edge_chunk) -> _Functions:
-    return _Functions(engine, config, spec, edge_chunk)
+def _compiled(engine, config, spec, runtime) -> _Functions:
+    return _Functions(engine, config, spec, runtime)
 

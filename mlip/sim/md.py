@@ -132,7 +132,6 @@ def md(
     skin: float = 0.5,
     budget: Budget | None = None,
     progress: bool = False,
-    matmul_precision: str = "highest",
 ) -> list[Result]:
     """Run ``steps`` of MD on every structure, batched on the device; results in input order.
 
@@ -151,8 +150,6 @@ def md(
             further than this from its start fails with status "failed: energy drift" instead
             of "completed" (None: no check). A healthy run drifts by far less (~1e-4).
         budget: batch sizes (default mlip.sim.batcher.Budget); its chunk is set to ``interval``.
-        matmul_precision: of float32 matmuls (mlip.sim.batcher.run): "highest" (full float32)
-            or, for speed at lower accuracy on GPUs, "default" (TF32).
 
     Returns:
         one Result per structure: final atoms with velocities and a SinglePointCalculator,
@@ -171,5 +168,4 @@ def md(
         None if max_drift is None else float(max_drift),
     )
     budget = dataclasses.replace(budget or Budget(), chunk=interval)
-    return run(potential, structures, engine, skin=skin, budget=budget, progress=progress,
-               matmul_precision=matmul_precision)
+    return run(potential, structures, engine, skin=skin, budget=budget, progress=progress)

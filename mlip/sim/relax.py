@@ -64,7 +64,6 @@ def relax(
     skin: float = 0.5,
     budget: Budget = Budget(),
     progress: bool = False,
-    matmul_precision: str = "highest",
 ) -> list[Result]:
     """Relax every structure with batched FIRE; results in input order.
 
@@ -79,8 +78,6 @@ def relax(
         skin: Verlet skin of the device neighbour list, Å.
         budget: batch sizes (mlip.sim.batcher.Budget).
         progress: show a progress bar (structures/s).
-        matmul_precision: of float32 matmuls (mlip.sim.batcher.run): "highest" (full float32)
-            or, for speed at lower accuracy on GPUs, "default" (TF32).
 
     Returns:
         one mlip.sim.batcher.Result per structure: final atoms (with a SinglePointCalculator),
@@ -89,5 +86,4 @@ def relax(
     if not fmax > 0 or max_steps < 0:
         raise MlipError(f"relax needs fmax > 0 and max_steps >= 0 (got fmax={fmax}, max_steps={max_steps})")
     engine = RelaxEngine(float(fmax), int(max_steps), bool(relax_cell), float(pressure) / EV_PER_A3_TO_GPA)
-    return run(potential, structures, engine, skin=skin, budget=budget, progress=progress,
-               matmul_precision=matmul_precision)
+    return run(potential, structures, engine, skin=skin, budget=budget, progress=progress)
