@@ -198,7 +198,7 @@ def test_loads_a_saved_potential_and_casts_dtype(potential, tmp_path):
 def test_compilation_cache_is_configurable(tmp_path):
     import jax
 
-    from mlip.calculator import enable_compilation_cache
+    from mlip.runtime import enable_compilation_cache
 
     jax.config.update("jax_compilation_cache_dir", None)
     try:
