@@ -86,9 +86,10 @@ def compute(config: FacetConfig, params, batch: GraphBatch, runtime: Runtime | N
     """Energy, forces and stress of ``batch`` (traceable; `Potential.__call__` jits it).
 
     ``runtime``: how (mlip.runtime.Runtime; None: the defaults): its matmul precision holds
-    for everything traced here, whatever the caller's own setting. ``platform``: where the call runs, which decides
-    ``runtime.kernel == "auto"`` (kernels.selection.resolve); None: ``jax.default_backend()``,
-    the platform of computations whose inputs are not placed elsewhere.
+    for everything traced here, whatever the caller's own setting. ``platform``: where the
+    call runs, which decides ``runtime.kernel == "auto"`` (kernels.selection.resolve); None:
+    ``jax.default_backend()``, the platform of computations whose inputs are not placed
+    elsewhere (Potential, Calculator, mlip.sim).
     """
     runtime = runtime or Runtime()
     platform = platform or jax.default_backend()

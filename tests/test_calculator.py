@@ -37,7 +37,7 @@ def silicon(repeat=1, a=5.43, rattle=0.02, seed=0):
 
 
 def compilations(potential):
-    return _jitted(potential.config)._cache_size()
+    return _jitted(potential.config, potential.runtime)._cache_size()
 
 
 def test_calculator_equals_potential(potential):

@@ -37,9 +37,9 @@ import yaml
 from ase.data import chemical_symbols
 from tqdm.auto import tqdm
 
+from kernels.selection import resolve
 from mlip.data.loader import FrameDataset
 from mlip.errors import MlipError
-from kernels.selection import resolve
 from mlip.evaluate import Metrics, evaluate
 from mlip.fileio import TEMP_PREFIX, atomic_write_bytes
 from mlip.models.config import FacetConfig
