@@ -400,3 +400,18 @@ def test_best_model_is_chosen_within_the_last_loss_stage():
     assert is_new_best(3, 9.0, 1, 5.0, last_stage=2)  # first epoch of the last stage wins
     assert not is_new_best(4, 9.5, 3, 9.0, last_stage=2) and is_new_best(4, 8.0, 3, 9.0, last_stage=2)
     assert not is_new_best(3, 6.0, 2, 5.0, last_stage=0)  # without stages: lowest loss
+
+
+def test_sigterm_stops_training_like_ctrl_c():
+    """Batch schedulers and `kill` send SIGTERM (background jobs ignore SIGINT): the loop's flag
+    catches it, so the run stops after the current step with a checkpoint."""
+    import os
+    import signal
+
+    from mlip.train.loop import _SigintFlag
+
+    before = signal.getsignal(signal.SIGTERM)
+    with _SigintFlag() as flag:
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert flag.is_set()
+    assert signal.getsignal(signal.SIGTERM) is before

@@ -236,8 +236,9 @@ class _Run:
         some training frame: none means a wrong key, which would silently train on nothing."""
         counts, d = label_counts(self.train_set), self.config.data
         keys = {"energy": d.energy_key, "forces": d.forces_key, "stress": d.virials_key or d.stress_key}
-        log.info("training labels: %s of %d frames", ", ".join(f"{n} {name}" for name, n in counts.items()),
-                 len(self.train_set))
+        # A split's counts are its whole file's (read from the index, not the frames).
+        log.info("training labels: %s in the training files (before any validation split)",
+                 ", ".join(f"{n} {name}" for name, n in counts.items()))
         loss = self.config.loss
         for k, name in enumerate(("energy", "forces", "stress")):
             weighted = max(loss.weights_at(epoch)[k] for epoch in {0, *(s.epoch for s in loss.stages)}) > 0
@@ -433,30 +434,34 @@ class _Run:
 
 
 class _SigintFlag:
-    """Within ``with``: Ctrl-C sets a flag (checked after each step) instead of raising at an
-    arbitrary point, so the checkpoint holds a consistent state. A second Ctrl-C raises."""
+    """Within ``with``: Ctrl-C (SIGINT) or SIGTERM sets a flag (checked after each step) instead
+    of raising at an arbitrary point, so the checkpoint holds a consistent state. A second
+    signal raises. SIGTERM counts because batch schedulers and ``kill`` send it, and a shell's
+    background jobs ignore SIGINT."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self):
         self._set = False
-        self._previous = None
+        self._previous = {}
 
     def is_set(self) -> bool:
         return self._set
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handle)
+            self._previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
         return self
 
     def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
 
     def _handle(self, signum, frame):
         if self._set:
             raise KeyboardInterrupt
         self._set = True
-        log.warning("Ctrl-C: stopping after this step (press again to stop now, without a checkpoint)")
+        log.warning(f"{signal.Signals(signum).name}: stopping after this step (press again to stop now, without a checkpoint)")
 
 
 def is_new_best(epoch: int, loss: float, best_epoch: int | None, best_loss: float | None, last_stage: int) -> bool:
