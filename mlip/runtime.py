@@ -109,6 +109,10 @@ def enable_compilation_cache(directory: str | os.PathLike | None = None) -> None
 
 #: File names of JAX's cache entries (jax._src.lru_cache).
 CACHE_ENTRY_SUFFIX = "-cache"
+#: An entry written this recently (seconds) may still be being written by another process.
+RECENT_WRITE_SECONDS = 60.0
+#: File in the cache directory whose modification time says when it was last checked.
+CHECKED_MARKER = ".mlip-checked"
 
 
 def repair_compilation_cache(directory: str | os.PathLike) -> list[Path]:
@@ -116,16 +120,27 @@ def repair_compilation_cache(directory: str | os.PathLike) -> list[Path]:
     compressed stream ends early: a process was killed while JAX wrote them, which it does in
     place); returns them. JAX skips an entry it cannot read but never rewrites it, so without
     this every later process would pay the compilation again. Entries compressed with zstd are
-    checked when a zstd decoder is installed (JAX then uses it too)."""
+    checked when a zstd decoder is installed (JAX then uses it too).
+
+    Only entries written since the last check (CHECKED_MARKER) are read, so a large cache
+    costs nothing at each start; entries younger than RECENT_WRITE_SECONDS are left to the
+    next check (another process may be writing them)."""
+    directory = Path(directory)
+    marker, now = directory / CHECKED_MARKER, time.time()
+    since = marker.stat().st_mtime - 2 * RECENT_WRITE_SECONDS if marker.exists() else float("-inf")
     removed = []
-    for path in Path(directory).glob(f"*{CACHE_ENTRY_SUFFIX}"):
+    for path in directory.glob(f"*{CACHE_ENTRY_SUFFIX}"):
         try:
+            written = path.stat().st_mtime
+            if written < since or now - written < RECENT_WRITE_SECONDS:
+                continue
             complete = _complete_stream(path.read_bytes())
         except OSError:
             continue  # vanished or unreadable: JAX will skip it, as before
         if not complete:
             path.unlink(missing_ok=True)
             removed.append(path)
+    marker.touch()
     if removed:
         log.warning("compilation cache %s: removed %d incomplete entr%s (compiled afresh when next needed)",
                     directory, len(removed), "y" if len(removed) == 1 else "ies")

@@ -4,6 +4,8 @@ long session clear of the memory-mapping limit at which XLA:CPU crashes."""
 
 import dataclasses
 import logging
+import os
+import time
 
 import jax
 import jax.numpy as jnp
@@ -160,6 +162,7 @@ def test_a_truncated_cache_entry_is_removed_and_written_afresh(tmp_path):
     try:
         runtime.enable_compilation_cache(directory)
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+
         def cached_program(x):
             return jnp.sin(x) * 3.0 + jnp.cos(x) @ x.T
 
@@ -172,11 +175,14 @@ def test_a_truncated_cache_entry_is_removed_and_written_afresh(tmp_path):
         with pytest.warns(UserWarning, match="Error reading persistent compilation cache entry"):
             program(x).block_until_ready()  # JAX compiles, warns, and leaves the entry truncated
         assert entry.stat().st_size == len(whole) // 2
+        a_while_ago = time.time() - 1.5 * runtime.RECENT_WRITE_SECONDS  # younger: maybe being written
+        os.utime(entry, (a_while_ago, a_while_ago))
 
         assert runtime.repair_compilation_cache(directory) == [entry]
         jax.clear_caches()
         program(x).block_until_ready()  # compiled again, and the entry written
         assert entry.is_file() and abs(entry.stat().st_size - len(whole)) < len(whole) // 4
+        os.utime(entry, (a_while_ago, a_while_ago))
         assert runtime.repair_compilation_cache(directory) == []  # whole again (and complete entries stay)
     finally:
         for key, value in previous.items():
