@@ -385,7 +385,7 @@ def _no_forces(system: System) -> PotentialOutput:
 
 
 class _Functions:
-    """The jitted device functions of one (engine, model config, neighbour spec, edge chunk)."""
+    """The jitted device functions of one (engine, model config, neighbour spec, runtime)."""
 
     def __init__(self, engine, config, spec, runtime):
         def build(params):
