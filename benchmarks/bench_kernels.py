@@ -25,7 +25,7 @@ estimate from compiling it alone, not a partition of the program's ops.
 
 Without ``--profile`` (meant for a GPU, with a CUDA build of JAX): for each preset and size
 (float32, matmul precision "highest"), and for each implementation of the edge chain
-(FacetConfig.kernel = "reference" or "pallas"):
+(the runtime setting Potential.kernel = "reference" or "pallas"):
 
 - the median wall time of one steady-state ``potential(batch)`` call on a padded batch built
   once, i.e. forward + backward;
@@ -62,6 +62,7 @@ from mlip.data.frame import frame_from_atoms  # noqa: E402
 from mlip.data.graph import build_graph, collate  # noqa: E402
 from mlip.data.padding import BucketLadder  # noqa: E402
 from mlip.potential import Potential, _jitted  # noqa: E402
+from mlip.runtime import Runtime  # noqa: E402
 
 CUTOFF = 5.0  # Å
 A_SI = 5.43  # Å, diamond Si; 8 atoms per cubic cell
@@ -184,10 +185,10 @@ def reference_chain_costs(config, num_edges: int, dtype: str) -> tuple[dict, dic
 def profile(preset: str, num_atoms: int) -> None:
     """Prints the cost table of one preset (see the module docstring)."""
     potential = Potential.create(preset, species=["Si"], r_cut=CUTOFF, dtype="float32", seed=0)
-    config = dataclasses.replace(potential.config, kernel="reference")
+    config = potential.config
     graph, batch = padded_batch(potential, silicon(num_atoms))
     edges = batch.senders.shape[0]
-    whole = _costs(_jitted(config).lower(potential.params, batch).compile(), edges)
+    whole = _costs(_jitted(config, Runtime(kernel="reference")).lower(potential.params, batch).compile(), edges)
     forward, both = reference_chain_costs(config, edges, potential.dtype)
     floor = chain_floor(config, np.dtype(potential.dtype).itemsize)
     blocks = config.num_layers - 1
@@ -271,7 +272,7 @@ def timings(presets: list[str], sizes: list[int], rounds: int, find_largest: boo
     for preset in presets:
         base = Potential.create(preset, species=["Si"], r_cut=CUTOFF, dtype="float32", seed=0)
         for kernel in kernels:
-            potential = Potential(dataclasses.replace(base.config, kernel=kernel), base.params, "float32")
+            potential = dataclasses.replace(base, kernel=kernel)
             with warnings.catch_warnings():
                 warnings.simplefilter("error", KernelFallbackWarning)  # never time the fallback
                 for n in sizes:

@@ -277,7 +277,7 @@ def simulation_model(sizes: dict):
 
 
 def with_kernel(potential, kernel: str):
-    return dataclasses.replace(potential, config=dataclasses.replace(potential.config, kernel=kernel))
+    return dataclasses.replace(potential, kernel=kernel)
 
 
 def padded(potential, atoms):
@@ -304,13 +304,15 @@ def max_error(got, expected) -> float:
 
 
 def selected(potential) -> str:
-    """"pallas" or "fell back: ..." for a potential whose config asks for the kernel."""
+    """"pallas" or "fell back: ..." for a potential that asks for the kernel."""
+    import jax
+
     from kernels import selection
 
     c = potential.config
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", selection.KernelFallbackWarning)
-        choice = selection.select(c.kernel, c.lmax, c.mmax, c.channels, potential.dtype)
+        choice = selection.select(potential.kernel, c.lmax, c.mmax, c.channels, potential.dtype, jax.default_backend())
     if choice.name == "pallas":
         return "pallas"
     return "fell back: " + " ".join(str(w.message) for w in caught)[:300] if caught else choice.name
@@ -393,7 +395,7 @@ def measure_call(potential, batch, rounds: int, seconds: float) -> dict:
     from mlip.potential import _jitted
 
     start = time.perf_counter()
-    compiled = _jitted(potential.config, potential.edge_chunk).lower(potential.params, batch).compile()
+    compiled = _jitted(potential.config, potential.runtime).lower(potential.params, batch).compile()
     compile_s = time.perf_counter() - start
     jax.block_until_ready(compiled(potential.params, batch))
     times = timed(compiled, (potential.params, batch), rounds, seconds)
@@ -467,7 +469,7 @@ def fits(potential, num_atoms: int) -> tuple[bool, str]:
 
     batch = synthetic_batch(num_atoms, 60)
     try:
-        compiled = _jitted(potential.config, potential.edge_chunk).lower(potential.params, batch).compile()
+        compiled = _jitted(potential.config, potential.runtime).lower(potential.params, batch).compile()
         jax.block_until_ready(compiled(potential.params, batch))
         return True, ""
     except Exception as exc:
@@ -534,8 +536,9 @@ def md_run(potential, atoms, steps: int, precision: str = "highest") -> dict:
 
     budget = sim.Budget(max_atoms=len(atoms) + 1, max_structures=2)
     start = time.perf_counter()
+    potential = dataclasses.replace(potential, matmul_precision=precision)
     [result] = sim.md(potential, [atoms], ensemble="nve", steps=steps, timestep=1.0, init_temperature=300.0,
-                      interval=max(1, steps // 10), budget=budget, matmul_precision=precision)
+                      interval=max(1, steps // 10), budget=budget)
     seconds = time.perf_counter() - start
     conserved = [entry["conserved"] for entry in result.log]
     drift = max(abs(e - conserved[0]) for e in conserved) / len(atoms)
@@ -601,7 +604,7 @@ def step_train(sizes: dict, rows: Rows) -> None:
     optimizer = make_optimizer(optimizer_config, potential.params)
     mesh = make_mesh(jax.devices()[:1])
     train_step = make_train_step(potential.config, optimizer, LossConfig(energy_weight=10.0, forces_weight=100.0, stress_weight=100.0),
-                                 learning_rate_fn(optimizer_config, 1000), 0.99, mesh)
+                                 learning_rate_fn(optimizer_config, 1000), 0.99, mesh, potential.runtime)
     state = init_state(potential.params, optimizer)
     weights = Terms(*(jnp.asarray(w, jnp.float32) for w in (10.0, 100.0, 100.0)))
     device_batches = [(k, jax.device_put(stack_batches([b]), batch_sharding(mesh))) for k, b in batches]
@@ -633,15 +636,13 @@ def step_precision(sizes: dict, rows: Rows) -> None:
     atoms = silicon(sizes["model_atoms"], rattle=0.05)
     for name, potential in candidates.items():
         graph, batch64 = padded(potential.astype("float64"), atoms)
-        with jax.default_matmul_precision("highest"):
-            reference = potential.astype("float64")(batch64)
+        reference = potential.astype("float64")(batch64)
         _, batch = padded(potential, atoms)
         n = graph.n_node
         forces = np.asarray(reference.forces[:n])
         for precision in sizes["precisions"]:
-            with jax.default_matmul_precision(precision):
-                out = dataclasses.replace(potential)(batch)  # a fresh trace under this precision
-                jax.block_until_ready(out)
+            out = dataclasses.replace(potential, matmul_precision=precision)(batch)
+            jax.block_until_ready(out)
             rows.add(part="error vs float64", model=name, precision=precision, atoms=n,
                      energy_error_meV_per_atom=1e3 * abs(float(out.energy[0]) - float(reference.energy[0])) / n,
                      forces_max_error_eV_per_A=float(np.abs(np.asarray(out.forces[:n]) - forces).max()),

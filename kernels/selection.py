@@ -1,16 +1,21 @@
-"""Which implementation of the edge chain a model runs: the config's choice, resolved per device,
-with the kernel checked against its reference on first use.
+"""Which implementation of the edge chain a model runs: a runtime choice (`mlip.runtime.Runtime.kernel`,
+never saved with a model), resolved for the platform the call runs on, with the kernel checked
+against its reference on first use.
 
     "reference"  the pure-JAX reference everywhere (the unfused model, bit for bit);
     "pallas"     the fused Pallas kernel (Triton on GPU; the Pallas interpreter on CPU, slow,
                  for tests);
-    "auto"       "pallas" on GPU, "reference" elsewhere.
+    "auto"       "pallas" if the platform is "gpu", else "reference" (`resolve`).
 
-Before a model first uses the kernel on a device, `select` runs kernel and reference on a small
-random input of the model's shapes (lmax, mmax, channels, dtype), values and gradients. If
-they disagree beyond tolerance, or the kernel fails to compile or run, it warns loudly
-(`KernelFallbackWarning`) and the model runs the reference on that device for the rest of the
-process. One model call never mixes the two: the choice is made once, before tracing its edges.
+The platform is an argument: the caller names where its computation runs (a training run: the
+platform of its devices; `mlip.potential.compute`, and so Potential, Calculator and mlip.sim:
+``jax.default_backend()``, where JAX runs a computation whose inputs are not placed elsewhere).
+
+Before a model first uses the kernel on a platform, `select` runs kernel and reference on a
+small random input of the model's shapes (lmax, mmax, channels, dtype), values and gradients.
+If they disagree beyond tolerance, or the kernel fails to compile or run, it warns loudly
+(`KernelFallbackWarning`) and the model runs the reference there for the rest of the process.
+One model call never mixes the two: the choice is made once, before tracing its edges.
 """
 
 from __future__ import annotations
@@ -46,20 +51,28 @@ class KernelFallbackWarning(RuntimeWarning):
     """A kernel disagreed with its reference (or failed) on this device; the reference runs."""
 
 
-def select(choice: str, lmax: int, mmax: int, channels: int, dtype) -> Implementation:
-    """The implementation of the edge chain for a model with these shapes on the default device."""
+def resolve(choice: str, platform: str) -> str:
+    """"reference" or "pallas": ``choice`` with "auto" decided for ``platform`` ("cpu", "gpu",
+    "tpu", as jax.Device.platform names them): the fused kernel on GPUs only."""
     if choice not in CHOICES:
         raise ValueError(f"kernel must be one of {CHOICES}, got {choice!r}")
-    device = jax.devices()[0]
-    if choice == "reference" or (choice == "auto" and device.platform != "gpu"):
+    if choice == "auto":
+        return "pallas" if platform == "gpu" else "reference"
+    return choice
+
+
+def select(choice: str, lmax: int, mmax: int, channels: int, dtype, platform: str) -> Implementation:
+    """The implementation of the edge chain for a model with these shapes on ``platform``:
+    `resolve`, then the kernel's first-use check there (the reference if it fails)."""
+    if resolve(choice, platform) == "reference":
         return Implementation("reference")
-    interpret = device.platform == "cpu"
-    error = _check(str(device), interpret, lmax, mmax, channels, jnp.dtype(dtype).name)
+    interpret = platform == "cpu"
+    error = _check(platform, interpret, lmax, mmax, channels, jnp.dtype(dtype).name)
     if error is None:
         return Implementation("pallas", interpret)
     warnings.warn(
         f"The fused Pallas edge-chain kernel (kernels/so2_message.py) failed its check against "
-        f"the reference on {device} for lmax={lmax}, mmax={mmax}, channels={channels}, "
+        f"the reference on {platform} for lmax={lmax}, mmax={mmax}, channels={channels}, "
         f"{jnp.dtype(dtype).name}: {error}. Falling back to the pure-JAX reference on this device; "
         f"results are correct but slower. Set kernel='reference' to silence this.",
         KernelFallbackWarning,
@@ -69,17 +82,18 @@ def select(choice: str, lmax: int, mmax: int, channels: int, dtype) -> Implement
 
 
 @functools.lru_cache(maxsize=None)
-def _check(device: str, interpret: bool, lmax: int, mmax: int, channels: int, dtype: str) -> str | None:
-    """None if kernel and reference agree on a random input (values and all gradients), else why
-    not. Cached: once per device and shape. `select` is called while the model is traced, and
-    JAX's tracing state is per thread: a worker thread runs the check eagerly."""
+def _check(platform: str, interpret: bool, lmax: int, mmax: int, channels: int, dtype: str) -> str | None:
+    """None if kernel and reference agree on a random input (values and all gradients) on
+    ``platform``'s first device, else why not. Cached: once per platform and shape. `select`
+    may be called while the model is traced, and JAX's tracing state is per thread: a worker
+    thread runs the check eagerly."""
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        return pool.submit(_compare, interpret, lmax, mmax, channels, dtype).result()
+        return pool.submit(_compare, platform, interpret, lmax, mmax, channels, dtype).result()
 
 
-def _compare(interpret: bool, lmax: int, mmax: int, channels: int, dtype: str) -> str | None:
+def _compare(platform: str, interpret: bool, lmax: int, mmax: int, channels: int, dtype: str) -> str | None:
     try:
-        with jax.default_matmul_precision("highest"):
+        with jax.default_device(jax.devices(platform)[0]), jax.default_matmul_precision("highest"):
             inputs = random_inputs(jax.random.PRNGKey(7), lmax, mmax, channels, channels, CHECK_EDGES, CHECK_PADDING, dtype)
             kernel = functools.partial(so2_message_pallas, lmax=lmax, mmax=mmax, interpret=interpret)
             reference = functools.partial(so2_message_reference, lmax=lmax, mmax=mmax)

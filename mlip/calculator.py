@@ -10,13 +10,9 @@ ASE sign; fully periodic structures only) and per-atom energies (eV). With
 
 from __future__ import annotations
 
-import logging
 import os
-import tempfile
-from pathlib import Path
 
 import ase
-import jax
 import numpy as np
 from ase.calculators.calculator import Calculator as AseCalculator
 from ase.calculators.calculator import all_changes
@@ -29,33 +25,7 @@ from mlip.data.padding import BucketLadder
 from mlip.errors import MlipError
 from mlip.nn.dispersion import D3Dispersion, add_dispersion
 from mlip.potential import Potential, Prediction, check_finite
-
-log = logging.getLogger("mlip.calculator")
-
-#: Default directory of JAX's persistent compilation cache (a second process starts fast).
-DEFAULT_CACHE_DIR = Path(os.environ.get("MLIP_CACHE_DIR", Path.home() / ".cache" / "mlip" / "jax"))
-
-
-def enable_compilation_cache(directory=DEFAULT_CACHE_DIR) -> None:
-    """Turn on JAX's persistent compilation cache in ``directory`` unless one is already set.
-
-    The cache only saves time, so it never stops a run: a directory that cannot be created or
-    written (read-only, a file in the way) leaves it off with a warning, and an entry JAX
-    cannot read is compiled afresh (JAX warns; ``jax_raise_persistent_cache_errors`` stays off).
-    """
-    if jax.config.jax_compilation_cache_dir:
-        return
-    try:
-        Path(directory).mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=directory):
-            pass
-    except OSError as exc:
-        log.warning("compilation cache off: cannot write %s (%s); every run compiles afresh", directory, exc)
-        return
-    jax.config.update("jax_raise_persistent_cache_errors", False)
-    jax.config.update("jax_compilation_cache_dir", str(directory))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-
+from mlip.runtime import enable_compilation_cache
 
 class SkinNeighborList:
     """A neighbour list with cutoff ``cutoff + skin``, rebuilt only when it may be stale.
@@ -98,16 +68,21 @@ class Calculator(AseCalculator):
     Args:
         potential: a Potential, or the path of a saved one.
         dtype: "float32" or "float64" to cast the potential's parameters (None: as saved).
-            float64 needs jax_enable_x64.
+            float64 needs JAX's x64 mode, which is process-wide: turn it on yourself
+            (``jax.config.update("jax_enable_x64", True)`` at the start of the program; the
+            `mlip` command does it for float64 models); otherwise an MlipError says so.
         compute_stress: compute stress for fully periodic structures.
         skin: Verlet skin of the neighbour list, Å (0 rebuilds every call).
         min_distance: atoms closer than this (Å) are an error (overlapping atoms).
         ladder: bucket ladder of padded shapes (default `BucketLadder()`).
-        compilation_cache: directory for JAX's persistent compilation cache (None: leave JAX's
-            setting alone). Default ~/.cache/mlip/jax, or $MLIP_CACHE_DIR.
+        compilation_cache: a directory: turn on JAX's persistent compilation cache there
+            (`mlip.runtime.enable_compilation_cache`, process-wide). None (default): leave
+            ``jax.config`` alone: constructing a Calculator changes no global setting.
         dispersion: None, or "d3bj" to add Grimme's D3(BJ) dispersion with PBE parameters
             (two-body, `mlip.nn.dispersion`) to energy, forces, stress and per-atom energies;
             computed in float64 when JAX's x64 mode is on, else float32.
+
+    The potential's runtime choices (matmul precision, kernel) hold: `Potential`.
     """
 
     implemented_properties = ["energy", "free_energy", "forces", "stress", "energies"]
@@ -121,7 +96,7 @@ class Calculator(AseCalculator):
         skin: float = 0.5,
         min_distance: float = 0.5,
         ladder: BucketLadder | None = None,
-        compilation_cache=DEFAULT_CACHE_DIR,
+        compilation_cache: str | os.PathLike | None = None,
         dispersion: str | None = None,
         **kwargs,
     ):
@@ -131,7 +106,7 @@ class Calculator(AseCalculator):
         if dtype is not None and dtype != potential.dtype:
             potential = potential.astype(dtype)
         if compilation_cache is not None:
-            enable_compilation_cache(compilation_cache)
+            enable_compilation_cache(compilation_cache)  # asked for: process-wide
         self.potential = potential
         self.compute_stress = compute_stress
         self.min_distance = min_distance
@@ -156,9 +131,7 @@ class Calculator(AseCalculator):
         check_min_distance(frame, edges, self.min_distance, lengths=lengths[inside])
         graph = Graph(frame, edges.senders, edges.receivers, edges.shifts)
         shape = self.ladder.shape_for(graph.n_node, graph.n_edge, 1)
-        # Simulation wants full float32 matmuls, not TF32 (the default on GPUs).
-        with jax.default_matmul_precision("highest"):
-            out = self.potential(collate([graph], *shape, labels=False))
+        out = self.potential(collate([graph], *shape, labels=False))
         n = len(atoms)
         result = check_finite(Prediction(
             energy=float(out.energy[0]),

@@ -133,12 +133,17 @@ def _cmd_create(args) -> None:
 
 
 def load_model(path, dtype: str | None = None):
-    """The potential saved at ``path``, cast to ``dtype`` (None: as saved). Switches JAX's x64
-    mode on first when the file or ``dtype`` asks for float64, as every command must."""
+    """The potential saved at ``path``, cast to ``dtype`` (None: as saved), for a command. The
+    command's process-wide choices, made here explicitly (a library call never makes them):
+    JAX's x64 mode when the file or ``dtype`` asks for float64, and the persistent
+    compilation cache (mlip.runtime.enable_compilation_cache, in $MLIP_CACHE_DIR or
+    ~/.cache/mlip/jax)."""
     import jax
 
     from mlip.potential import Potential, saved_dtype
+    from mlip.runtime import enable_compilation_cache
 
+    enable_compilation_cache()
     if "float64" in (dtype, saved_dtype(path)):
         jax.config.update("jax_enable_x64", True)
     potential = Potential.load(path)
@@ -238,9 +243,6 @@ def _attach_calculator(atoms, args):
 
 def _load_potential(args):
     """The potential of --model (cast to --dtype) for the batched engine of mlip.sim."""
-    from mlip.calculator import enable_compilation_cache
-
-    enable_compilation_cache()
     return load_model(args.model, args.dtype)
 
 
@@ -411,7 +413,7 @@ def _cmd_train(args) -> None:
 
     if args.distributed:  # one process per host; unset values are detected (SLURM, Open MPI, ...)
         jax.distributed.initialize(args.coordinator, args.num_processes, args.process_id)
-    from mlip.calculator import enable_compilation_cache
+    from mlip.runtime import enable_compilation_cache
     from mlip.train import load_config, train
 
     enable_compilation_cache()  # a resumed run skips most compilation

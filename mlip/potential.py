@@ -9,6 +9,10 @@ where the symmetric strain ε deforms positions and cell together (R -> R (1 + �
 cell -> cell (1 + ε)). Forces and stress come from a single jitted value_and_grad over
 (positions, strain). Stress exists only for fully periodic structures; it is zero (and
 ``stress_mask`` False) for molecules, slabs and wires.
+
+How it is computed (matmul precision, edge-chain kernel, edge chunks) is a runtime choice,
+`mlip.runtime.Runtime`, applied here in `compute`, which every caller goes through: predict,
+evaluate, the calculator, mlip.sim, training and the Hessian.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import mlip
+from kernels import selection
 from mlip.data.frame import Frame, frame_from_atoms, validate_frame
 from mlip.data.graph import Graph, GraphBatch, build_graph
 from mlip.data.neighbors import edge_vectors
@@ -37,6 +42,7 @@ from mlip.fileio import atomic_write_bytes, npz_bytes
 from mlip.models.config import FacetConfig, preset
 from mlip.models.facet import FacetModel
 from mlip.nn.message_passing import DEFAULT_EDGE_CHUNK
+from mlip.runtime import DEFAULT_MATMUL_PRECISION, Runtime, release_compiled_programs_if_needed
 
 FORMAT = "mlip-potential"
 FORMAT_VERSION = 1
@@ -76,10 +82,28 @@ def species_table(config: FacetConfig) -> np.ndarray:
     return table
 
 
-def compute(config: FacetConfig, params, batch: GraphBatch, edge_chunk: int | None = DEFAULT_EDGE_CHUNK) -> PotentialOutput:
+def compute(config: FacetConfig, params, batch: GraphBatch, runtime: Runtime | None = None,
+            platform: str | None = None) -> PotentialOutput:
     """Energy, forces and stress of ``batch`` (traceable; `Potential.__call__` jits it).
-    ``edge_chunk``: see `Potential`."""
-    model = FacetModel(config, edge_chunk)
+
+    ``runtime``: how (mlip.runtime.Runtime; None: the defaults): its matmul precision holds
+    for everything traced here, whatever the caller's own setting. ``platform``: where the
+    call runs, which decides ``runtime.kernel == "auto"`` (kernels.selection.resolve); None:
+    ``jax.default_backend()``, the platform of computations whose inputs are not placed
+    elsewhere (Potential, Calculator, mlip.sim).
+    """
+    runtime = runtime or Runtime()
+    platform = platform or jax.default_backend()
+    with jax.default_matmul_precision(runtime.matmul_precision):
+        return _compute(config, params, batch, runtime, platform)
+
+
+def _compute(config: FacetConfig, params, batch: GraphBatch, runtime: Runtime, platform: str) -> PotentialOutput:
+    edge_chain = None
+    if config.num_layers > 1:  # the first block has no general edge chain
+        edge_chain = selection.select(runtime.kernel, config.lmax, config.mmax, config.channels,
+                                      batch.positions.dtype, platform)
+    model = FacetModel(config, runtime.edge_chunk, edge_chain)
     species = jnp.maximum(jnp.asarray(species_table(config))[batch.numbers], 0)
     dtype = batch.positions.dtype
     n_graphs = batch.cell.shape[0]
@@ -106,29 +130,39 @@ def compute(config: FacetConfig, params, batch: GraphBatch, edge_chunk: int | No
 
 
 @functools.lru_cache(maxsize=16)
-def _jitted(config: FacetConfig, edge_chunk: int | None = DEFAULT_EDGE_CHUNK):
-    return jax.jit(functools.partial(compute, config, edge_chunk=edge_chunk))
+def _jitted(config: FacetConfig, runtime: Runtime):
+    return jax.jit(functools.partial(compute, config, runtime=runtime))
 
 
 @dataclasses.dataclass(frozen=True)
 class Potential:
     """A trained (or freshly initialised) potential: config + parameters + float dtype.
 
-    ``edge_chunk`` is a runtime choice, not saved with the potential: graphs with more padded
-    edges than this sum their messages over chunks of that many edges, so that memory grows
-    by a few hundred bytes per edge instead of tens of kB (mlip.nn.message_passing; the same
-    energies, forces and stress up to the order of additions). None: never chunk. Change it
-    with ``dataclasses.replace(potential, edge_chunk=...)``.
+    Runtime choices, not saved with the potential (mlip.runtime; change them with
+    ``dataclasses.replace(potential, kernel="reference")``), the same at every call site:
+    ``edge_chunk``: graphs with more padded edges than this sum their messages over chunks of
+    that many edges, so that memory grows by a few hundred bytes per edge instead of tens of
+    kB (mlip.nn.message_passing; the same results up to the order of additions); None: never.
+    ``kernel``: "auto" (the fused Pallas edge chain on a GPU, the reference elsewhere),
+    "reference" or "pallas" (kernels/selection.py).
+    ``matmul_precision``: of float32 matmuls, "highest" (full float32, default), "high" or
+    "default" (TF32 on GPUs: faster, less accurate).
     """
 
     config: FacetConfig
     params: Any
     dtype: str = "float32"
     edge_chunk: int | None = DEFAULT_EDGE_CHUNK
+    kernel: str = "auto"
+    matmul_precision: str = DEFAULT_MATMUL_PRECISION
 
     def __post_init__(self):
-        if self.edge_chunk is not None and (not isinstance(self.edge_chunk, int) or self.edge_chunk < 1):
-            raise MlipError(f"edge_chunk must be a positive int or None, got {self.edge_chunk!r}")
+        self.runtime  # validates the runtime choices
+
+    @property
+    def runtime(self) -> Runtime:
+        """The runtime choices as one `mlip.runtime.Runtime`."""
+        return Runtime(self.edge_chunk, self.kernel, self.matmul_precision)
 
     @classmethod
     def create(
@@ -139,23 +173,26 @@ class Potential:
         r_cut: float = 5.0,
         seed: int = 0,
         dtype: str = "float32",
+        kernel: str = "auto",
+        matmul_precision: str = DEFAULT_MATMUL_PRECISION,
         **overrides,
     ) -> "Potential":
         """A randomly initialised potential from a preset name (with ``species``, ``r_cut``
-        and field ``overrides``) or from a FacetConfig."""
+        and FacetConfig field ``overrides``) or from a FacetConfig; ``kernel`` and
+        ``matmul_precision``: runtime choices (see the class docstring)."""
         if isinstance(preset_or_config, FacetConfig):
             config = dataclasses.replace(preset_or_config, **overrides)
         else:
             if species is None:
                 raise MlipError("Potential.create from a preset needs species=[...]")
             config = preset(preset_or_config, species=species, r_cut=r_cut, **overrides)
-        _check_dtype(dtype)
+        check_dtype(dtype)
         params = init_params(config, seed, dtype)
-        return cls(config, params, dtype)
+        return cls(config, params, dtype, kernel=kernel, matmul_precision=matmul_precision)
 
     def astype(self, dtype: str) -> "Potential":
         """The same potential with parameters cast to ``dtype`` ("float32" or "float64")."""
-        _check_dtype(dtype)
+        check_dtype(dtype)
         params = jax.tree.map(lambda p: jnp.asarray(p, dtype), self.params)
         return dataclasses.replace(self, params=params, dtype=dtype)
 
@@ -165,12 +202,13 @@ class Potential:
 
     def __call__(self, batch: GraphBatch) -> PotentialOutput:
         """Energy, forces, stress for a padded batch (see mlip.data.graph.collate)."""
+        release_compiled_programs_if_needed()  # between calls: no trace is under way
         self.check_species(np.asarray(batch.numbers)[np.asarray(batch.node_mask)])
         dtype = jnp.dtype(self.dtype)
         batch = batch._replace(
             positions=jnp.asarray(batch.positions, dtype), cell=jnp.asarray(batch.cell, dtype)
         )
-        return _jitted(self.config, self.edge_chunk)(self.params, batch)
+        return _jitted(self.config, self.runtime)(self.params, batch)
 
     def predict(self, structures: Iterable[Frame | ase.Atoms], **budget) -> list[Prediction]:
         """Energy, per-atom energies, forces and stress of each structure, in input order.
@@ -264,7 +302,10 @@ def check_finite(prediction: Prediction, frame: Frame) -> Prediction:
     return prediction
 
 
-def _check_dtype(dtype: str) -> None:
+def check_dtype(dtype: str) -> None:
+    """MlipError unless ``dtype`` is "float32", or "float64" with JAX's x64 mode on. mlip never
+    turns x64 on behind the caller's back (it is process-wide): programs do, explicitly (the
+    `mlip` command does for float64 models)."""
     if dtype not in ("float32", "float64"):
         raise MlipError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
     if dtype == "float64" and not jax.config.jax_enable_x64:
@@ -356,7 +397,7 @@ def load_potential(path) -> Potential:
     except (MlipError, KeyError, TypeError) as exc:
         raise MlipError(f"{path}: incompatible model config ({exc})") from None
     dtype = header.get("dtype", "float32")
-    _check_dtype(dtype)
+    check_dtype(dtype)
     template = flax.traverse_util.flatten_dict(init_params(config, 0, dtype, shapes_only=True), sep="/")
     loaded = {k[len("params/") :]: v for k, v in contents.items() if k.startswith("params/")}
     if set(loaded) != set(template):

@@ -32,10 +32,14 @@ def shared_file(relative: str) -> Path:
 @pytest.fixture(autouse=True, scope="module")
 def _release_compiled_programs():
     """Drop every compiled program after each test module. The whole suite in one process
-    compiles hundreds of programs; without this, jax 0.10.2 on CPU crashed three runs in a
-    row inside XLA (a segfault while compiling, or while the persistent cache read or wrote
-    an executable) in a training test that passes alone. The cause was not pinned down; with
-    this the process peaks at about 24,000 memory mappings (the kernel's limit is 65,530)."""
+    compiles hundreds of programs, and each XLA:CPU executable holds memory mappings for its
+    machine code (~400 for a small model program). Without this, jax 0.10.2 on CPU crashed
+    three runs in a row inside XLA (a segfault while compiling, or while the persistent cache
+    loaded an executable): the cause is Linux's per-process limit of memory mappings
+    (vm.max_map_count, 65,530), at which LLVM's allocations fail and XLA segfaults instead of
+    raising (benchmarks/map_limit.py reproduces it). mlip guards its own call sites
+    (mlip.runtime.release_compiled_programs_if_needed); tests also jit mlip's functions
+    directly, so the suite clears between modules (peak ~24,000 mappings)."""
     yield
     jax.clear_caches()
     gc.collect()

@@ -37,7 +37,7 @@ def silicon(repeat=1, a=5.43, rattle=0.02, seed=0):
 
 
 def compilations(potential):
-    return _jitted(potential.config)._cache_size()
+    return _jitted(potential.config, potential.runtime)._cache_size()
 
 
 def test_calculator_equals_potential(potential):
@@ -198,7 +198,7 @@ def test_loads_a_saved_potential_and_casts_dtype(potential, tmp_path):
 def test_compilation_cache_is_configurable(tmp_path):
     import jax
 
-    from mlip.calculator import enable_compilation_cache
+    from mlip.runtime import enable_compilation_cache
 
     jax.config.update("jax_compilation_cache_dir", None)
     try:

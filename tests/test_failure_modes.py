@@ -172,14 +172,14 @@ def test_bad_model_and_structure_files_are_one_line_errors(si32, tmp_path, capsy
 
 
 def test_an_unwritable_compilation_cache_is_skipped_not_fatal(tmp_path, caplog):
-    from mlip import calculator
+    from mlip import runtime
 
     blocker = tmp_path / "not-a-directory"
     blocker.write_text("a file where the cache folder should be")
     previous = jax.config.jax_compilation_cache_dir
     jax.config.update("jax_compilation_cache_dir", None)
     try:
-        calculator.enable_compilation_cache(blocker / "jax")
+        runtime.enable_compilation_cache(blocker / "jax")
         assert "compilation cache off" in caplog.text and not jax.config.jax_compilation_cache_dir
     finally:
         jax.config.update("jax_compilation_cache_dir", previous)

@@ -7,7 +7,7 @@ kernel's tile (padding edges of the kernel) and zero-length padding edges (of th
 
 import dataclasses
 import functools
-import types
+import json
 import warnings
 
 import jax
@@ -21,7 +21,10 @@ from kernels.so2_message import random_inputs, so2_message_pallas, so2_message_r
 from mlip.data.frame import frame_from_atoms
 from mlip.data.graph import build_graph, collate
 from mlip.models.config import FacetConfig
+from mlip.errors import MlipError
+from mlip.fileio import npz_bytes
 from mlip.potential import Potential, compute
+from mlip.runtime import Runtime
 
 
 def _random_case(seed: int, lmax: int):
@@ -96,12 +99,12 @@ def test_model_with_kernel_matches_reference():
     params = Potential.create(CONFIG, dtype="float64", seed=3).params
 
     def outputs_and_force_loss_gradients(kernel):
-        config = dataclasses.replace(CONFIG, kernel=kernel)
+        runtime = Runtime(kernel=kernel)
 
         def force_loss(params):
-            return jnp.sum(compute(config, params, batch).forces ** 2)
+            return jnp.sum(compute(CONFIG, params, batch, runtime).forces ** 2)
 
-        return jax.jit(lambda p: (compute(config, p, batch), jax.grad(force_loss)(p)))(params)
+        return jax.jit(lambda p: (compute(CONFIG, p, batch, runtime), jax.grad(force_loss)(p)))(params)
 
     (got, got_gradients), (expected, expected_gradients) = map(outputs_and_force_loss_gradients, ("pallas", "reference"))
     np.testing.assert_allclose(got.energy, expected.energy, rtol=1e-12)
@@ -110,27 +113,45 @@ def test_model_with_kernel_matches_reference():
     _assert_trees_close(got_gradients, expected_gradients, 1e-10)
 
 
-def test_kernel_choice_and_saved_files_without_it():
-    assert selection.select("auto", 1, 1, 4, jnp.float64) == selection.Implementation("reference")  # CPU
+def test_the_kernel_rule_is_explicit_per_platform():
+    assert [selection.resolve("auto", p) for p in ("cpu", "gpu", "tpu")] == ["reference", "pallas", "reference"]
+    assert selection.resolve("pallas", "cpu") == "pallas" and selection.resolve("reference", "gpu") == "reference"
+    assert selection.select("auto", 1, 1, 4, jnp.float64, "cpu") == selection.Implementation("reference")
     # The model's first use checked the kernel on this CPU (interpreted), and it passed.
-    assert selection.select("pallas", 1, 1, 4, jnp.float64) == selection.Implementation("pallas", interpret=True)
-    values = CONFIG.to_dict()
-    del values["kernel"]  # a file saved before the field existed
-    assert FacetConfig.from_dict(values).kernel == "auto"
-    with pytest.raises(Exception, match="kernel must be one of"):
-        dataclasses.replace(CONFIG, kernel="triton")
+    assert selection.select("pallas", 1, 1, 4, jnp.float64, "cpu") == selection.Implementation("pallas", interpret=True)
+    with pytest.raises(MlipError, match="kernel must be one of auto, reference, pallas, got 'triton'"):
+        Runtime(kernel="triton")
+
+
+def test_kernel_is_a_runtime_choice_and_files_that_saved_it_still_load(tmp_path):
+    """Files written while the kernel was saved in the architecture config carry "kernel": they
+    load, the key is dropped, and the potential takes the runtime default."""
+    potential = dataclasses.replace(Potential.create(CONFIG, dtype="float64", seed=3), kernel="reference")
+    potential.save(tmp_path / "new.mlip")
+    with np.load(tmp_path / "new.mlip") as archive:
+        arrays = {k: archive[k] for k in archive.files}
+    header = json.loads(str(arrays["__header__"]))
+    assert "kernel" not in header["config"]  # a runtime choice is not saved
+    header["config"]["kernel"] = "pallas"  # as files were written before
+    arrays["__header__"] = np.array(json.dumps(header))
+    (tmp_path / "old.mlip").write_bytes(npz_bytes(arrays))
+    old = Potential.load(tmp_path / "old.mlip")
+    assert old.config == potential.config and old.kernel == "auto"
+    atoms = bulk("Si", "diamond", a=5.43)
+    assert old.predict([atoms])[0].energy == potential.predict([atoms])[0].energy
 
 
 def test_auto_picks_the_checked_kernel_on_gpu(monkeypatch):
     """On a GPU "auto" runs the compiled kernel (no interpreter) once it passes its check; here
-    the device is faked and the "kernel" is the reference, so the check passes on a CPU."""
-    gpu = types.SimpleNamespace(platform="gpu", id=0)
-    monkeypatch.setattr(selection.jax, "devices", lambda: [gpu])
+    the platform is named "gpu", its device is this CPU and the "kernel" is the reference, so
+    the check passes on a CPU."""
+    cpu_devices = jax.devices
+    monkeypatch.setattr(selection.jax, "devices", lambda platform=None: cpu_devices())
     monkeypatch.setattr(selection, "so2_message_pallas", lambda *a, lmax, mmax, interpret: so2_message_reference(*a, lmax, mmax))
     selection._check.cache_clear()
     try:
-        assert selection.select("auto", 1, 1, 4, jnp.float64) == selection.Implementation("pallas", interpret=False)
-        assert selection.select("reference", 1, 1, 4, jnp.float64) == selection.Implementation("reference")
+        assert selection.select("auto", 1, 1, 4, jnp.float64, "gpu") == selection.Implementation("pallas", interpret=False)
+        assert selection.select("reference", 1, 1, 4, jnp.float64, "gpu") == selection.Implementation("reference")
     finally:
         selection._check.cache_clear()
 
@@ -149,9 +170,9 @@ def test_kernel_that_fails_its_check_falls_back_loudly(monkeypatch, kernel, reas
     selection._check.cache_clear()
     try:
         with pytest.warns(selection.KernelFallbackWarning, match=reason):
-            assert selection.select("pallas", 1, 0, 4, jnp.float64) == selection.Implementation("reference")
+            assert selection.select("pallas", 1, 0, 4, jnp.float64, "cpu") == selection.Implementation("reference")
         with warnings.catch_warnings():  # decided once per device: later calls reuse the verdict
             warnings.simplefilter("ignore")
-            assert selection.select("pallas", 1, 0, 4, jnp.float64).name == "reference"
+            assert selection.select("pallas", 1, 0, 4, jnp.float64, "cpu").name == "reference"
     finally:
         selection._check.cache_clear()

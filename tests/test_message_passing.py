@@ -14,6 +14,7 @@ from mlip.data.graph import build_graph, collate
 from mlip.errors import MlipError
 from mlip.nn.message_passing import DEFAULT_EDGE_CHUNK, edge_map, edge_sum, pad_edges, padded_edge_count
 from mlip.potential import Potential
+from mlip.runtime import Runtime
 
 R_CUT = 4.0
 
@@ -62,7 +63,7 @@ def test_chunked_parameter_gradients_equal_unchunked():
     potential = tiny(channels=4)
 
     def loss(params, chunk):
-        out = compute(potential.config, params, batch, edge_chunk=chunk)
+        out = compute(potential.config, params, batch, Runtime(edge_chunk=chunk))
         return jnp.sum(out.energy**2) + jnp.sum(out.forces**2) + jnp.sum(out.stress**2)
 
     whole = jax.grad(loss)(potential.params, None)

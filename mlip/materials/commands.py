@@ -18,7 +18,7 @@ def _prepare(args):
     import ase.io
 
     from mlip.calculator import Calculator
-    from mlip.cli import bundled_model, bundled_structure
+    from mlip.cli import bundled_model, bundled_structure, load_model
     from mlip.materials.deform import relax_crystal, require_periodic
 
     path = args.structure or bundled_structure()
@@ -29,7 +29,7 @@ def _prepare(args):
     except Exception as exc:  # ase raises many types for unreadable files
         raise MlipError(f"{path}: cannot read a structure ({exc})") from None
     require_periodic(atoms, f"mlip {args.command}")
-    atoms.calc = Calculator(args.model or bundled_model())
+    atoms.calc = Calculator(load_model(args.model or bundled_model()))
     if not args.no_relax:
         relax_crystal(atoms, fmax=args.fmax, steps=args.steps)
     prefix = args.output or Path(f"{Path(path).stem}-{args.command}")

@@ -27,6 +27,7 @@ from mlip.data.graph import GraphBatch, build_graph, collate
 from mlip.data.padding import BucketLadder
 from mlip.models.config import FacetConfig
 from mlip.potential import Potential, compute
+from mlip.runtime import Runtime, release_compiled_programs_if_needed
 
 #: Rows per vmapped JVP: bounds memory at about this many chunked force evaluations.
 DEFAULT_BLOCK = 24
@@ -49,18 +50,18 @@ def hessian(
     """
     frame = structure if isinstance(structure, Frame) else frame_from_atoms(structure)
     potential.check_species(frame.numbers)
+    release_compiled_programs_if_needed()
     graph = build_graph(frame, potential.config.r_cut)
     shape = BucketLadder().shape_for(graph.n_node, graph.n_edge, 1)
     batch = collate([graph], *shape, dtype=np.dtype(potential.dtype), labels=False)
-    config = dataclasses.replace(potential.config, kernel="reference")
+    # No forward mode in the fused kernel; the Hessian's own edge chunk bounds its memory.
+    runtime = dataclasses.replace(potential.runtime, kernel="reference", edge_chunk=edge_chunk)
     n_rows = 3 * frame.n_atoms
     rows = []
-    # Simulation-grade matmuls: no TF32 on GPUs.
-    with jax.default_matmul_precision("highest"):
-        for start in range(0, n_rows, block):
-            tangents = _unit_tangents(start, block, n_rows, batch.positions.shape, potential.dtype)
-            out = _hessian_rows(config, edge_chunk, potential.params, batch, tangents)
-            rows.append(np.asarray(out, np.float64)[: n_rows - start, : frame.n_atoms].reshape(-1, n_rows))
+    for start in range(0, n_rows, block):
+        tangents = _unit_tangents(start, block, n_rows, batch.positions.shape, potential.dtype)
+        out = _hessian_rows(potential.config, runtime, potential.params, batch, tangents)
+        rows.append(np.asarray(out, np.float64)[: n_rows - start, : frame.n_atoms].reshape(-1, n_rows))
     return np.concatenate(rows)[:n_rows]
 
 
@@ -74,11 +75,11 @@ def _unit_tangents(start: int, block: int, n_rows: int, shape, dtype) -> np.ndar
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
-def _hessian_rows(config: FacetConfig, edge_chunk: int | None, params, batch: GraphBatch, tangents: jax.Array) -> jax.Array:
+def _hessian_rows(config: FacetConfig, runtime: Runtime, params, batch: GraphBatch, tangents: jax.Array) -> jax.Array:
     """[B, N_pad, 3]: row t of the Hessian is -dF/dR along tangent t (eV/Å^2)."""
 
     def forces(positions):
-        return compute(config, params, batch._replace(positions=positions), edge_chunk=edge_chunk).forces
+        return compute(config, params, batch._replace(positions=positions), runtime).forces
 
     _, forces_jvp = jax.linearize(forces, batch.positions)
     return -jax.vmap(forces_jvp)(jnp.asarray(tangents))

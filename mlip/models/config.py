@@ -39,11 +39,9 @@ class FacetConfig:
         zbl_range: where the ZBL term ends: "covalent" (at the sum of covalent radii, as MACE)
             or "cutoff" (at r_cut, which leaves ~1 eV per bond at equilibrium distances for the
             network to cancel); files saved before this field existed load as "cutoff".
-        kernel: how interaction blocks compute their edge chain (rotate in -> SO(2) -> rotate
-            back): "auto" (the fused Pallas kernel on GPU, the pure-JAX reference elsewhere),
-            "reference" or "pallas" (kernels/selection.py; a kernel that fails its first-use
-            check falls back to the reference with a warning). Not part of the architecture:
-            every choice gives the same function, and files saved before it existed load as "auto".
+
+    How the model is computed (the edge-chain kernel, matmul precision, edge chunks) is not
+    architecture: it is a runtime choice, `mlip.runtime.Runtime`.
     """
 
     species: tuple[int, ...]
@@ -67,7 +65,6 @@ class FacetConfig:
     shift: float = 0.0
     zbl: bool = True
     zbl_range: str = "covalent"
-    kernel: str = "auto"
 
     def __post_init__(self):
         species = tuple(int(z) for z in self.species)
@@ -89,10 +86,6 @@ class FacetConfig:
             raise MlipError(f"zbl_range must be 'covalent' or 'cutoff', got {self.zbl_range!r}")
         if self.mixing not in ("s2", "gate"):
             raise MlipError(f"mixing must be 's2' or 'gate', got {self.mixing!r}")
-        from kernels.selection import CHOICES
-
-        if self.kernel not in CHOICES:
-            raise MlipError(f"kernel must be one of {CHOICES}, got {self.kernel!r}")
         from mlip.nn.s2_mixing import grid_resolution
 
         try:
@@ -109,18 +102,23 @@ class FacetConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "FacetConfig":
-        """Inverse of to_dict; unknown keys are an error (a file from an incompatible version)."""
+        """Inverse of to_dict; unknown keys are an error (a file from an incompatible version).
+        Files written while the kernel choice was saved as architecture carry a ``kernel`` key:
+        it is dropped (a runtime choice now, `mlip.runtime.Runtime.kernel`)."""
+        values = {k: v for k, v in values.items() if k not in RUNTIME_KEYS}
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
             raise MlipError(f"unknown model config keys {unknown} (file from a newer mlip?)")
-        values = dict(values)
         values.setdefault("zbl_range", "cutoff")  # the only ZBL of files written before the field
         values["species"] = tuple(values["species"])
         if values.get("atomic_energies") is not None:
             values["atomic_energies"] = tuple(values["atomic_energies"])
         return cls(**values)
 
+
+#: Keys that older files saved in the model config but that are runtime choices.
+RUNTIME_KEYS = ("kernel",)
 
 #: Architecture presets; species and cutoff are given when the model is created.
 PRESETS: dict[str, dict[str, Any]] = {

@@ -34,7 +34,7 @@ class Interaction(nn.Module):
     """One message-passing block on features h [N, (lmax+1)**2, C].
 
     ``edge_chain``: how the block computes rotate in -> SO(2) -> rotate back
-    (kernels/so2_message.py), chosen once per model call by `kernels.selection.select`.
+    (kernels/so2_message.py), chosen once per model call (`FacetModel.edge_chain`).
     ``scalar_input``: h carries only l = 0 channels (the first block), so the convolution
     takes the cheap exact path `ScalarSO2Convolution` instead.
     ``edge_chunk``: edges per chunk of the message sum (mlip.nn.message_passing.edge_sum);
@@ -42,7 +42,7 @@ class Interaction(nn.Module):
     """
 
     config: FacetConfig
-    edge_chain: selection.Implementation
+    edge_chain: selection.Implementation | None
     scalar_input: bool = False
     edge_chunk: int | None = None
 
@@ -64,7 +64,7 @@ class Interaction(nn.Module):
             radial = jnp.where(edge_mask[:, None], radial, 0.0)  # padding edges carry no message
             if self.scalar_input:
                 return scalar_so2_message(h[senders, 0], radial, wigner, w0, c.lmax)
-            if self.edge_chain.name == "pallas":
+            if self.edge_chain is not None and self.edge_chain.name == "pallas":
                 return so2_message.so2_message_pallas(
                     h[senders], wigner, radial, weights, c.lmax, c.mmax, interpret=self.edge_chain.interpret
                 )
@@ -114,13 +114,17 @@ class FacetModel(nn.Module):
         edge_mask: bool [E].
     Returns float [N], per-atom energies in eV (padding nodes must be masked by the caller).
 
-    ``edge_chunk`` (a runtime choice, not part of the architecture): with more than this many
-    edges, messages are summed over chunks of that many edges (mlip.nn.message_passing), which
-    bounds the memory per edge; None: one pass. The function is the same either way.
+    Runtime choices, not part of the architecture (the function is the same either way):
+    ``edge_chunk``: with more than this many edges, messages are summed over chunks of that
+    many edges (mlip.nn.message_passing), which bounds the memory per edge; None: one pass.
+    ``edge_chain``: how blocks after the first compute their edge chain, already resolved
+    for the platform (`kernels.selection.select`; mlip.potential.compute chooses it); None:
+    the pure-JAX reference.
     """
 
     config: FacetConfig
     edge_chunk: int | None = None
+    edge_chain: selection.Implementation | None = None  # None: the reference
 
     @nn.compact
     def __call__(self, vectors, species, senders, receivers, edge_mask):
@@ -136,13 +140,9 @@ class FacetModel(nn.Module):
         embedding = nn.Embed(len(c.species), c.channels, name="species_embedding")(species)
         h = jnp.zeros((species.shape[0], dim, c.channels), vectors.dtype)
         h = h.at[:, 0, :].set(embedding.astype(vectors.dtype))
-        # The first block takes the scalar path: only the later ones run the general edge chain.
-        if c.num_layers > 1:
-            edge_chain = selection.select(c.kernel, c.lmax, c.mmax, c.channels, vectors.dtype)
-        else:
-            edge_chain = selection.Implementation("reference")
         for k in range(c.num_layers):
-            h = Interaction(c, edge_chain, scalar_input=k == 0, edge_chunk=self.edge_chunk, name=f"interaction_{k}")(
+            # The first block takes the scalar path: only the later ones run the edge chain.
+            h = Interaction(c, self.edge_chain, scalar_input=k == 0, edge_chunk=self.edge_chunk, name=f"interaction_{k}")(
                 h, wigner, lengths, senders, receivers, edge_mask
             )
         scalars = h[:, 0, :]

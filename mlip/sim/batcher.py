@@ -40,9 +40,10 @@ from mlip.data.frame import frame_from_atoms, validate_frame
 from mlip.data.neighbors import edge_vectors, neighbor_list
 from mlip.errors import DataError, MlipError
 from mlip.potential import Potential, PotentialOutput
+from mlip.runtime import release_compiled_programs_if_needed
 from mlip.sim import neighbors as nl
 from mlip.sim.engine import Engine, get, kinds, replace, select
-from mlip.sim.system import ATOM, System, evaluate, make_system, place, restore, stack, unstack
+from mlip.sim.system import ATOM, System, compute_system, make_system, place, restore, stack, unstack
 
 #: Statuses of a finished structure.
 CONVERGED, UNCONVERGED, COMPLETED = "converged", "not converged", "completed"
@@ -110,14 +111,12 @@ def run(
     skin: float = 0.5,
     budget: Budget = Budget(),
     progress: bool = False,
-    matmul_precision: str = "highest",
 ) -> list[Result]:
     """Run ``engine`` (mlip.sim.engine.Engine: mlip.sim.relax's and mlip.sim.md's) over all
     ``structures`` (ase.Atoms); one Result per structure, in input order.
 
-    ``matmul_precision``: of float32 matmuls, as jax.default_matmul_precision takes it.
-    Simulation wants full float32 ("highest"), not TF32, the default on GPUs ("default"):
-    benchmarks/RESULTS.md, "GPU device check", has the measured difference.
+    The potential's runtime choices (matmul precision, kernel, edge chunk) hold, as at every
+    call site (mlip.runtime).
     """
     structures = list(structures)
     for k, atoms in enumerate(structures):
@@ -127,9 +126,8 @@ def run(
             potential.check_species(atoms.numbers[(atoms.numbers >= 1) & (atoms.numbers <= 118)])
         except MlipError as exc:
             raise MlipError(f"structure {k}: {exc}") from None
-    runner = _Runner(potential, engine, skin, budget, structures)
-    with jax.default_matmul_precision(matmul_precision):
-        return runner.run(progress)
+    release_compiled_programs_if_needed()
+    return _Runner(potential, engine, skin, budget, structures).run(progress)
 
 
 class _Runner:
@@ -216,7 +214,7 @@ class _Runner:
             self.spec = nl.grown(self.spec, system.neighbors, self.budget.growth)
         options = stack([self.engine.options(self.structures[s.index], s.index) for s in slots],
                         self.engine.option_kinds, n_node, n_graph)
-        fns = _compiled(self.engine, self.potential.config, self.spec, self.potential.edge_chunk)
+        fns = _compiled(self.engine, self.potential.config, self.spec, self.potential.runtime)
         fresh = fns.blank(system, options)
         started = [s for s in slots if s.started]
         carried = fresh
@@ -236,7 +234,7 @@ class _Runner:
         real = int(np.sum(np.asarray(state.system.graph_mask)))
         min_done = max(1, math.ceil(self.budget.refill_fraction * real)) if queue else real
         while True:
-            fns = _compiled(self.engine, self.potential.config, self.spec, self.potential.edge_chunk)
+            fns = _compiled(self.engine, self.potential.config, self.spec, self.potential.runtime)
             state = fns.chunk(self.potential.params, state, self.budget.chunk, min_done)
             neighbors = state.system.neighbors
             if not bool(neighbors.overflow):
@@ -373,11 +371,11 @@ def _no_forces(system: System) -> PotentialOutput:
 
 
 class _Functions:
-    """The jitted device functions of one (engine, model config, neighbour spec, edge chunk)."""
+    """The jitted device functions of one (engine, model config, neighbour spec, runtime)."""
 
-    def __init__(self, engine: Engine, config, spec, edge_chunk):
+    def __init__(self, engine: Engine, config, spec, runtime):
         def build(params):
-            return engine.dynamics(functools.partial(evaluate, config, params, edge_chunk=edge_chunk), spec)
+            return engine.dynamics(functools.partial(compute_system, config, params, runtime=runtime), spec)
 
         def blank(system, options):
             # init with a stand-in potential: every field but the forces, without tracing
@@ -436,14 +434,14 @@ class _Keyed:
         return isinstance(other, _Keyed) and self.engine.key == other.engine.key
 
 
-def _compiled(engine: Engine, config, spec, edge_chunk) -> _Functions:
+def _compiled(engine: Engine, config, spec, runtime) -> _Functions:
     """The compiled device functions of ``engine`` (cached by its key)."""
-    return _compiled_by_key(_Keyed(engine), config, spec, edge_chunk)
+    return _compiled_by_key(_Keyed(engine), config, spec, runtime)
 
 
 @functools.lru_cache(maxsize=32)
-def _compiled_by_key(keyed: _Keyed, config, spec, edge_chunk) -> _Functions:
-    return _Functions(keyed.engine, config, spec, edge_chunk)
+def _compiled_by_key(keyed: _Keyed, config, spec, runtime) -> _Functions:
+    return _Functions(keyed.engine, config, spec, runtime)
 
 
 

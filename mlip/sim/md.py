@@ -114,7 +114,6 @@ def md(
     skin: float = 0.5,
     budget: Budget | None = None,
     progress: bool = False,
-    matmul_precision: str = "highest",
 ) -> list[Result]:
     """Run ``steps`` of MD on every structure, batched on the device; results in input order.
 
@@ -136,8 +135,6 @@ def md(
             further than this from its start fails with status "failed: energy drift" instead
             of "completed" (None: no check). A healthy run drifts by far less (~1e-4).
         budget: batch sizes (default mlip.sim.batcher.Budget); its chunk is set to ``interval``.
-        matmul_precision: of float32 matmuls (mlip.sim.batcher.run): "highest" (full float32)
-            or, for speed at lower accuracy on GPUs, "default" (TF32).
 
     FixAtoms and FixCartesian constraints hold (not in the NPT ensembles, whose barostat moves
     every atom).
@@ -160,5 +157,4 @@ def md(
                        init_temperature=None if init_temperature is None else float(init_temperature),
                        interval=int(interval), max_drift=None if max_drift is None else float(max_drift))
     budget = dataclasses.replace(budget or Budget(), chunk=interval)
-    return run(potential, structures, engine, skin=skin, budget=budget, progress=progress,
-               matmul_precision=matmul_precision)
+    return run(potential, structures, engine, skin=skin, budget=budget, progress=progress)

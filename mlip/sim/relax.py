@@ -62,7 +62,6 @@ def relax(
     skin: float = 0.5,
     budget: Budget = Budget(),
     progress: bool = False,
-    matmul_precision: str = "highest",
 ) -> list[Result]:
     """Relax every structure on the device; results in input order.
 
@@ -80,8 +79,6 @@ def relax(
         skin: Verlet skin of the device neighbour list, Å.
         budget: batch sizes (mlip.sim.batcher.Budget).
         progress: show a progress bar (structures/s).
-        matmul_precision: of float32 matmuls (mlip.sim.batcher.run): "highest" (full float32)
-            or, for speed at lower accuracy on GPUs, "default" (TF32).
 
     Returns:
         one mlip.sim.batcher.Result per structure: final atoms (with a SinglePointCalculator),
@@ -92,5 +89,4 @@ def relax(
         raise MlipError(f"relax needs fmax > 0 and max_steps >= 0 (got fmax={fmax}, max_steps={max_steps})")
     engine = relax_engine(fmax=float(fmax), max_steps=int(max_steps), relax_cell=bool(relax_cell),
                           pressure=float(pressure) / EV_PER_A3_TO_GPA, optimizer=optimizer)
-    return run(potential, structures, engine, skin=skin, budget=budget, progress=progress,
-               matmul_precision=matmul_precision)
+    return run(potential, structures, engine, skin=skin, budget=budget, progress=progress)

@@ -24,8 +24,8 @@ from ase.geometry.minkowski_reduction import minkowski_reduce
 from mlip.data.frame import completed_cell
 from mlip.data.graph import GraphBatch
 from mlip.errors import MlipError
-from mlip.nn.message_passing import DEFAULT_EDGE_CHUNK
 from mlip.potential import PotentialOutput, compute
+from mlip.runtime import Runtime
 from mlip.sim import neighbors as nl
 
 ATOM, GRAPH = "atom", "graph"
@@ -242,10 +242,10 @@ def graph_batch(system: System) -> GraphBatch:
     )
 
 
-def evaluate(config, params, system: System, edge_chunk: int | None = DEFAULT_EDGE_CHUNK) -> PotentialOutput:
+def compute_system(config, params, system: System, runtime: Runtime | None = None) -> PotentialOutput:
     """Energy [G] (eV), forces [N, 3] (eV/Å) and stress [G, 3, 3] (eV/Å^3) of ``system``
-    (``edge_chunk``: see mlip.potential.Potential)."""
-    return compute(config, params, graph_batch(system), edge_chunk)
+    (``runtime``: mlip.potential.compute)."""
+    return compute(config, params, graph_batch(system), runtime)
 
 
 def moved(system: System, positions, cell, spec: nl.NeighborSpec) -> System:

@@ -116,7 +116,7 @@ class ModelConfig:
 
         _choice("model.preset", self.preset, tuple(PRESETS))
         _require(self.r_cut > 0, f"model.r_cut must be positive (Å), got {self.r_cut}")
-        _check_overrides(self.overrides)
+        _check_overrides(self.overrides, self.preset)
         if isinstance(self.atomic_energies, str) and self.atomic_energies != "fit":
             raise MlipError(f"config: model.atomic_energies must be 'fit' or a mapping, got {self.atomic_energies!r}")
         for name in ("avg_num_neighbors", "scale", "shift"):
@@ -247,6 +247,10 @@ class LoopConfig:
         max_steps: stop after this many optimiser steps (None: run all epochs); the cosine
             schedule spans min(epochs x steps per epoch, max_steps).
         precision: "float32" or "float64" (parameters and arithmetic).
+        matmul_precision: of float32 matmuls, as everywhere else (mlip.runtime): "highest"
+            (full float32, default), "high" or "default" (TF32 on GPUs: faster, less exact).
+        kernel: the edge chain (mlip.runtime): "auto" (the fused Pallas kernel when the
+            training devices are GPUs), "reference" or "pallas". Not saved with the model.
         devices: local devices for data parallelism ("all" or a count).
         accumulate: micro-batches per device per step (gradient accumulation).
         keep_checkpoints: how many recent checkpoints to keep.
@@ -258,6 +262,8 @@ class LoopConfig:
     epochs: int = 100
     max_steps: Union[int, None] = None
     precision: str = "float32"
+    matmul_precision: str = "highest"
+    kernel: str = "auto"
     devices: Union[str, int] = "all"
     accumulate: int = 1
     keep_checkpoints: int = 3
@@ -268,6 +274,11 @@ class LoopConfig:
     def __post_init__(self):
         if self.precision not in ("float32", "float64"):
             raise MlipError(f"config: training.precision must be float32 or float64, got {self.precision!r}")
+        from kernels.selection import CHOICES
+        from mlip.runtime import MATMUL_PRECISIONS
+
+        _choice("training.matmul_precision", self.matmul_precision, MATMUL_PRECISIONS)
+        _choice("training.kernel", self.kernel, CHOICES)
         if self.epochs < 1 or self.accumulate < 1 or self.keep_checkpoints < 1 or self.eval_every < 1:
             raise MlipError("config: training.epochs, accumulate, keep_checkpoints, eval_every must be >= 1")
         if not (self.devices == "all" or (isinstance(self.devices, int) and self.devices >= 1)):
@@ -348,16 +359,31 @@ def _choice(key: str, value, choices: tuple) -> None:
 _NOT_OVERRIDES = ("species", "r_cut", "atomic_energies", "avg_num_neighbors", "scale", "shift")
 
 
-def _check_overrides(overrides: dict) -> None:
-    """Each key of model.overrides must be a FacetConfig field, with a value of its type."""
-    from mlip.models.config import FacetConfig
+def _check_overrides(overrides: dict, preset: str) -> None:
+    """model.overrides against FacetConfig: each key must be one of its fields (a typo is named,
+    with the closest field and every valid one), each value of the field's type, and together
+    with the preset they must make a valid FacetConfig (its own checks, e.g. mmax <= lmax),
+    all before any data is read. Runtime choices (the kernel) belong to the training section."""
+    import difflib
+
+    from mlip.models.config import RUNTIME_KEYS, FacetConfig, preset as build
 
     hints = typing.get_type_hints(FacetConfig)
+    known = sorted(set(hints) - set(_NOT_OVERRIDES))
     for key, value in overrides.items():
         _require(key not in _NOT_OVERRIDES, f"model.overrides.{key}: set model.{key} instead")
-        known = sorted(set(hints) - set(_NOT_OVERRIDES))
-        _require(key in hints, f"model.overrides: unknown key {key!r} (known: {', '.join(known)})")
-        _convert(hints[key], value, f"config: model.overrides.{key}")
+        _require(key not in RUNTIME_KEYS, f"model.overrides.{key}: a runtime choice, not architecture: "
+                                          f"set training.{key} instead")
+        if key not in hints:
+            close = difflib.get_close_matches(str(key), known, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise MlipError(f"config: model.overrides: unknown FacetConfig field {key!r} ({hint}valid: "
+                            f"{', '.join(known)})")
+        overrides[key] = _convert(hints[key], value, f"config: model.overrides.{key}")
+    try:
+        build(preset, species=[1], **overrides)
+    except MlipError as exc:
+        raise MlipError(f"config: model.overrides: {exc}") from None
 
 
 # YAML names that are Python keywords.

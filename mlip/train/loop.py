@@ -37,21 +37,25 @@ import yaml
 from ase.data import chemical_symbols
 from tqdm.auto import tqdm
 
+from kernels.selection import resolve
 from mlip.data.loader import FrameDataset
 from mlip.errors import MlipError
 from mlip.evaluate import Metrics, evaluate
 from mlip.fileio import TEMP_PREFIX, atomic_write_bytes
 from mlip.models.config import FacetConfig
-from mlip.potential import Potential, _check_dtype, init_params
+from mlip.potential import Potential, check_dtype, init_params
+from mlip.runtime import Runtime, release_compiled_programs_if_needed
 from mlip.train.batches import StepBatches, prefetch
-from mlip.train.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint, read_loop_state, save_checkpoint
+from mlip.train.checkpoint import (
+    LoopState, latest_checkpoint, list_checkpoints, load_checkpoint, read_checkpoint_header, save_checkpoint,
+)
 from mlip.train.config import TrainConfig
 from mlip.train.data import elements, label_counts, open_frames, split
 from mlip.train.loss import Terms
 from mlip.train.model import describe_params, initial_model
 from mlip.train.step import (
-    batch_sharding, init_state, learning_rate_fn, make_eval_step, make_mesh,
-    make_optimizer, make_train_step, trainable_labels,
+    batch_sharding, init_state, learning_rate_fn, make_mesh, make_optimizer, make_train_step,
+    make_validation_step, trainable_labels,
 )
 
 log = logging.getLogger("mlip.train")
@@ -85,7 +89,8 @@ def train(
     ``callbacks``: called as ``callback(step, {"loss", "lr", "epoch"})`` after every step;
     a callback raising KeyboardInterrupt stops the run like Ctrl-C (with a checkpoint).
     """
-    _check_dtype(config.training.precision)
+    check_dtype(config.training.precision)
+    release_compiled_programs_if_needed()
     out = Path(config.output_dir)
     _prepare_output(config, out, resume)
     handler = _log_to_file(out / "train.log")
@@ -104,7 +109,7 @@ def _prepare_output(config: TrainConfig, out: Path, resume: bool) -> None:
                             "start it afresh without --resume")
         previous = TrainConfig.from_dict(yaml.safe_load(saved.read_text()), source=str(saved)).to_dict()
         current = config.to_dict()
-        ignored = {"keep_checkpoints", "log_every"}
+        ignored = {"keep_checkpoints", "log_every", "kernel"}  # the same function either way
         changed = [f"{section}.{key}" for section, values in current.items() if isinstance(values, dict)
                    for key in values if key not in ignored and values[key] != (previous.get(section) or {}).get(key)]
         changed += [k for k, v in current.items() if not isinstance(v, dict) and v != previous.get(k)]
@@ -162,17 +167,13 @@ class _Run:
         self.train_set, self.valid_set = self._datasets()
         d = config.data
         self.test_set = None if d.test is None else open_frames(d.test, d.read_options(), what="test")
-        # epoch_loss_sum/steps: the training loss of the current epoch so far, checkpointed so
-        # that a resumed epoch reports the mean over all of its steps.
-        self.loop = {"epoch": 0, "epoch_step": 0, "step": 0, "lr_factor": 1.0, "best_loss": None,
-                     "best_epoch": None, "plateau_best": None, "plateau_epochs": 0, "seconds": 0.0,
-                     "epoch_loss_sum": 0.0, "epoch_loss_steps": 0}
+        self.loop = LoopState()
         self.unchecked: list = []  # (step, loss on the device) not yet checked to be finite
         checkpoint = latest_checkpoint(out / "checkpoints") if resume else None
         if resume and checkpoint is None:
             raise MlipError(f"{out}: no readable checkpoint to resume from")
         if checkpoint is not None:
-            self.model = FacetConfig.from_dict(read_loop_state(checkpoint)["model"])
+            self.model = FacetConfig.from_dict(read_checkpoint_header(checkpoint)[1])
             params = init_params(self.model, config.seed, t.precision)  # a template; restored below
         else:
             self.model, params = initial_model(config, self.train_set, progress)
@@ -182,6 +183,9 @@ class _Run:
         self._check_freeze(params, freeze)
         mesh = make_mesh(self.devices)
         self.sharding = batch_sharding(mesh)
+        # The kernel is decided for the devices the run trains on (kernels.selection.resolve).
+        platform = self.devices[0].platform
+        self.runtime = Runtime(kernel=resolve(t.kernel, platform), matmul_precision=t.matmul_precision)
         self.batches = StepBatches(
             self.train_set, self.model.r_cut, micro_batches=len(self.devices) * t.accumulate,
             max_nodes=config.data.max_nodes, max_edges=config.data.max_edges, max_graphs=config.data.max_graphs,
@@ -197,14 +201,13 @@ class _Run:
         self.max_steps = t.max_steps or math.inf
         optimizer = make_optimizer(config.optimizer, params, freeze)
         self.train_step = make_train_step(self.model, optimizer, config.loss, learning_rate_fn(config.optimizer, self.total_steps),
-                                          config.optimizer.ema_decay, mesh)
-        self.eval_step = make_eval_step(self.model, config.loss)
+                                          config.optimizer.ema_decay, mesh, self.runtime)
+        self.validation_step = make_validation_step(self.model, config.loss, self.runtime, platform)
         self.state = init_state(params, optimizer)
         if checkpoint is not None:
-            self.state, loop = load_checkpoint(checkpoint, self.state)
+            self.state, self.loop = load_checkpoint(checkpoint, self.state)
             self.state = jax.device_put(self.state)
-            self.loop.update({k: v for k, v in loop.items() if k in self.loop})
-            log.info("resumed from %s at epoch %d, step %d", checkpoint, self.loop["epoch"], self.loop["step"])
+            log.info("resumed from %s at epoch %d, step %d", checkpoint, self.loop.epoch, self.loop.step)
         log.info("model: %d parameters, %s; %d device(s) x %d micro-batch(es) per step; %d steps per epoch",
                  sum(np.size(p) for p in jax.tree.leaves(params)), _model_line(self.model), len(self.devices),
                  t.accumulate, self.batches.steps_per_epoch(0))
@@ -256,57 +259,60 @@ class _Run:
     # -- the loop -------------------------------------------------------------------------
 
     def run(self) -> TrainResult:
-        t, loop = self.config.training, self.loop
+        t = self.config.training
         interrupted = _SigintFlag()
-        started = time.perf_counter() - loop["seconds"]
+        started = time.perf_counter() - self.loop.seconds
         try:
             with interrupted:
-                while loop["epoch"] < t.epochs and loop["step"] < self.max_steps:
+                while self.loop.epoch < t.epochs and self.loop.step < self.max_steps:
                     finished = self._epoch(interrupted)
                     if finished:
-                        loop["epoch"], loop["epoch_step"] = loop["epoch"] + 1, 0
-                    loop["seconds"] = time.perf_counter() - started
-                    last = loop["epoch"] >= t.epochs or loop["step"] >= self.max_steps
-                    if last or (finished and loop["epoch"] % t.eval_every == 0):
+                        self._update(epoch=self.loop.epoch + 1, epoch_step=0)
+                    self._update(seconds=time.perf_counter() - started)
+                    last = self.loop.epoch >= t.epochs or self.loop.step >= self.max_steps
+                    if last or (finished and self.loop.epoch % t.eval_every == 0):
                         self._validate()
                     if finished:
-                        loop["epoch_loss_sum"], loop["epoch_loss_steps"] = 0.0, 0
+                        self._update(epoch_loss_sum=0.0, epoch_loss_steps=0)
                     self._checkpoint()
         except KeyboardInterrupt:
-            loop["seconds"] = time.perf_counter() - started
+            self._update(seconds=time.perf_counter() - started)
             path = self._checkpoint()
-            log.warning("interrupted at step %d; checkpoint %s; continue with --resume", loop["step"], path)
+            log.warning("interrupted at step %d; checkpoint %s; continue with --resume", self.loop.step, path)
             raise
         return self._finish()
+
+    def _update(self, **changes) -> None:
+        self.loop = self.loop._replace(**changes)
 
     def _epoch(self, interrupted: "_SigintFlag") -> bool:
         """Train from the current step of the current epoch; True if the epoch ran to its end
         (False: stopped at training.max_steps)."""
-        t, loop, epoch = self.config.training, self.loop, self.loop["epoch"]
+        t, epoch = self.config.training, self.loop.epoch
         weights = Terms(*(jnp.asarray(w, self.dtype) for w in self.config.loss.weights_at(epoch)))
-        lr_factor = jnp.asarray(loop["lr_factor"], self.dtype)
+        lr_factor = jnp.asarray(self.loop.lr_factor, self.dtype)
         steps = self.batches.steps_per_epoch(epoch)
-        stream = prefetch(self.batches.epoch(epoch, loop["epoch_step"]), self._to_devices)
-        bar = tqdm(total=steps, initial=loop["epoch_step"], desc=f"epoch {epoch + 1}/{t.epochs}",
+        stream = prefetch(self.batches.epoch(epoch, self.loop.epoch_step), self._to_devices)
+        bar = tqdm(total=steps, initial=self.loop.epoch_step, desc=f"epoch {epoch + 1}/{t.epochs}",
                    unit=" steps", disable=not self.progress, leave=False)
         with bar:
             for batch in stream:
                 self.state, metrics = self.train_step(self.state, batch, weights, lr_factor)
-                loop["step"] += 1
-                loop["epoch_step"] += 1
-                self.unchecked.append((loop["step"], metrics["loss"]))
+                self._update(step=self.loop.step + 1, epoch_step=self.loop.epoch_step + 1)
+                self.unchecked.append((self.loop.step, metrics["loss"]))
                 bar.update()
-                if loop["step"] % t.log_every == 0 or self.callbacks:
+                if self.loop.step % t.log_every == 0 or self.callbacks:
                     self._report(metrics, bar)
-                if t.checkpoint_every and loop["step"] % t.checkpoint_every == 0:
+                if t.checkpoint_every and self.loop.step % t.checkpoint_every == 0:
                     self._checkpoint()
                 if interrupted.is_set():
                     raise KeyboardInterrupt
-                if loop["step"] >= self.max_steps:
+                if self.loop.step >= self.max_steps:
                     break
         self._check_losses()
-        self.train_loss = loop["epoch_loss_sum"] / loop["epoch_loss_steps"] if loop["epoch_loss_steps"] else float("nan")
-        return loop["epoch_step"] >= steps
+        loop = self.loop
+        self.train_loss = loop.epoch_loss_sum / loop.epoch_loss_steps if loop.epoch_loss_steps else float("nan")
+        return loop.epoch_step >= steps
 
     def _check_losses(self) -> None:
         """Add the losses of the steps since the last check to the epoch's sum, or stop the run
@@ -323,8 +329,8 @@ class _Run:
             kept = f"; the last good checkpoint is {last[-1]}" if last else ""
             raise MlipError(f"training loss is {losses[bad[0]]} at step {steps[bad[0]]}: stopped{kept}; lower "
                             "optimizer.learning_rate or check the data")
-        self.loop["epoch_loss_sum"] += float(losses.sum())
-        self.loop["epoch_loss_steps"] += len(losses)
+        self._update(epoch_loss_sum=self.loop.epoch_loss_sum + float(losses.sum()),
+                     epoch_loss_steps=self.loop.epoch_loss_steps + len(losses))
 
     def _to_devices(self, batch):
         """The stacked host batch as one global array per field, split over the devices (each
@@ -338,37 +344,36 @@ class _Run:
         loss, lr = float(metrics["loss"]), float(metrics["lr"])
         bar.set_postfix(loss=f"{loss:.4g}", lr=f"{lr:.2e}")
         for callback in self.callbacks:
-            callback(self.loop["step"], {"loss": loss, "lr": lr, "epoch": self.loop["epoch"]})
+            callback(self.loop.step, {"loss": loss, "lr": lr, "epoch": self.loop.epoch})
 
     def _validate(self) -> None:
-        metrics, loss = self._evaluate(self.valid_batches)
+        metrics, loss = self._validation_metrics(self.valid_batches)
         row = _metric_row(self.loop, self.train_loss, loss, metrics,
-                          float(learning_rate_fn(self.config.optimizer, self.total_steps)(self.loop["step"])) * self.loop["lr_factor"])
+                          float(learning_rate_fn(self.config.optimizer, self.total_steps)(self.loop.step)) * self.loop.lr_factor)
         self._write_row(row)
         log.info("epoch %d step %d: train loss %.4g, valid loss %.4g, E MAE %s meV/atom, F MAE %s meV/Å, S MAE %s GPa",
                  row["epoch"], row["step"], row["train_loss"], loss, _f(row["energy_mae"]), _f(row["forces_mae"]), _f(row["stress_mae"]))
-        if is_new_best(self.loop["epoch"], loss, self.loop["best_epoch"], self.loop["best_loss"],
+        if is_new_best(self.loop.epoch, loss, self.loop.best_epoch, self.loop.best_loss,
                        self.config.loss.last_stage_epoch):
-            self.loop["best_loss"], self.loop["best_epoch"] = loss, self.loop["epoch"]
+            self._update(best_loss=loss, best_epoch=self.loop.epoch)
             self._potential().save(self.out / "best.mlip")
-            best = {"epoch": self.loop["epoch"], "step": self.loop["step"], **metrics}
+            best = {"epoch": self.loop.epoch, "step": self.loop.step, **metrics}
             atomic_write_bytes(self.out / "best_metrics.json", json.dumps(best, indent=1).encode())
         self._plateau(loss)
 
     def _plateau(self, loss: float) -> None:
         o = self.config.optimizer
-        if o.schedule != "plateau" or self.loop["step"] < o.warmup_steps:
+        if o.schedule != "plateau" or self.loop.step < o.warmup_steps:
             return
-        if self.loop["plateau_best"] is None or loss < self.loop["plateau_best"]:
-            self.loop["plateau_best"], self.loop["plateau_epochs"] = loss, 0
+        if self.loop.plateau_best is None or loss < self.loop.plateau_best:
+            self._update(plateau_best=loss, plateau_epochs=0)
             return
-        self.loop["plateau_epochs"] += 1
-        if self.loop["plateau_epochs"] >= o.plateau_patience:
-            self.loop["lr_factor"] *= o.plateau_factor
-            self.loop["plateau_epochs"] = 0
+        self._update(plateau_epochs=self.loop.plateau_epochs + 1)
+        if self.loop.plateau_epochs >= o.plateau_patience:
+            self._update(lr_factor=self.loop.lr_factor * o.plateau_factor, plateau_epochs=0)
             log.info("validation loss has not improved for %d epochs: learning rate x %g", o.plateau_patience, o.plateau_factor)
 
-    def _evaluate(self, batches: StepBatches) -> tuple[dict, float]:
+    def _validation_metrics(self, batches: StepBatches) -> tuple[dict, float]:
         """Metrics (meV/atom, meV/Å, GPa) and loss of the EMA model on ``batches``.
 
         The loss takes the weights of the last stage at every epoch: epochs stay comparable, and
@@ -379,7 +384,7 @@ class _Run:
         params = self.state.ema_params
         for stacked in batches.epoch(0):
             batch = jax.tree.map(lambda a: a[0], stacked)
-            output, penalty, count = jax.device_get(self.eval_step(params, batch))
+            output, penalty, count = jax.device_get(self.validation_step(params, batch))
             metrics.update(batch, output)
             sums += np.asarray(penalty)
             counts += np.asarray(count)
@@ -402,11 +407,13 @@ class _Run:
         self._check_losses()
         if jax.process_index() != 0:
             return None
-        loop = {**self.loop, "model": self.model.to_dict()}
-        return save_checkpoint(self.out / "checkpoints", self.state, loop, self.config.training.keep_checkpoints)
+        return save_checkpoint(self.out / "checkpoints", self.state, self.loop, self.model.to_dict(),
+                               self.config.training.keep_checkpoints)
 
     def _potential(self) -> Potential:
-        return Potential(self.model, jax.device_get(self.state.ema_params), self.config.training.precision)
+        t = self.config.training
+        return Potential(self.model, jax.device_get(self.state.ema_params), t.precision, kernel=t.kernel,
+                         matmul_precision=t.matmul_precision)
 
     def _finish(self) -> TrainResult:
         last = self._potential()
@@ -416,14 +423,14 @@ class _Run:
             last.save(best_path)
         best = Potential.load(best_path)
         valid = json.loads((self.out / "best_metrics.json").read_text()) if (self.out / "best_metrics.json").exists() else {}
-        log.info("done: %d steps in %.0f s; best epoch %s -> %s", self.loop["step"], self.loop["seconds"],
-                 self.loop["best_epoch"], best_path)
+        log.info("done: %d steps in %.0f s; best epoch %s -> %s", self.loop.step, self.loop.seconds,
+                 self.loop.best_epoch, best_path)
         if self.test_set is not None:
             test = self.test_set
             metrics = evaluate(best, (test[i] for i in range(len(test))), total=len(test), progress=self.progress)
             atomic_write_bytes(self.out / "test_metrics.json", json.dumps(metrics.to_dict(), indent=1).encode())
             log.info("test set (best model):\n%s", metrics.table())
-        return TrainResult(best, best_path, valid, self.loop["step"])
+        return TrainResult(best, best_path, valid, self.loop.step)
 
 
 class _SigintFlag:
@@ -479,9 +486,9 @@ def _pick_devices(devices) -> list:
     return local[:devices]
 
 
-def _metric_row(loop: dict, train_loss: float, valid_loss: float, metrics: dict, lr: float) -> dict:
+def _metric_row(loop: LoopState, train_loss: float, valid_loss: float, metrics: dict, lr: float) -> dict:
     return {
-        "epoch": loop["epoch"], "step": loop["step"], "time_s": round(loop["seconds"], 1), "lr": lr,
+        "epoch": loop.epoch, "step": loop.step, "time_s": round(loop.seconds, 1), "lr": lr,
         "train_loss": train_loss, "valid_loss": valid_loss,
         **{f"{name}_{kind}": metrics[name][kind] for name in ("energy", "forces", "stress") for kind in ("mae", "rmse")},
     }

@@ -25,6 +25,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from mlip.data.graph import GraphBatch
 from mlip.models.config import FacetConfig
 from mlip.potential import PotentialOutput, compute
+from mlip.runtime import Runtime
 from mlip.train.config import LossConfig, OptimizerConfig
 from mlip.train.loss import Terms, label_counts, penalty_sums, weighted_loss
 
@@ -108,11 +109,15 @@ def make_train_step(
     lr_fn: Callable,
     ema_decay: float | None,
     mesh: Mesh,
+    runtime: Runtime,
 ):
-    """The jitted step (see the module docstring). Returns (state, {"loss", "grad_norm", "lr"})."""
+    """The jitted step (see the module docstring). Returns (state, {"loss", "grad_norm", "lr"}).
+    ``runtime``: matmul precision and kernel, as at every call site (mlip.runtime); its kernel
+    is decided for the platform of the ``mesh``'s devices."""
+    platform = mesh.devices.flat[0].platform
 
     def micro_loss(params, batch: GraphBatch, counts: Terms, weights: Terms):
-        output: PotentialOutput = compute(model, params, batch)
+        output: PotentialOutput = compute(model, params, batch, runtime, platform)
         return weighted_loss(penalty_sums(output, batch, loss.kind, loss.huber_delta), counts, weights)
 
     def device_loss_and_grad(params, batches, counts, weights):
@@ -148,11 +153,12 @@ def make_train_step(
     return jax.jit(step, donate_argnums=0)
 
 
-def make_eval_step(model: FacetConfig, loss: LossConfig):
-    """Jitted (params, batch) -> (output, penalty sums, label counts) for one unstacked batch."""
+def make_validation_step(model: FacetConfig, loss: LossConfig, runtime: Runtime, platform: str):
+    """Jitted (params, batch) -> (output, penalty sums, label counts) for one unstacked batch
+    on a device of ``platform`` (the validation of a training run)."""
 
-    def evaluate(params, batch: GraphBatch):
-        output = compute(model, params, batch)
+    def validation_step(params, batch: GraphBatch):
+        output = compute(model, params, batch, runtime, platform)
         return output, penalty_sums(output, batch, loss.kind, loss.huber_delta), label_counts(batch)
 
-    return jax.jit(evaluate)
+    return jax.jit(validation_step)
