@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 
 import ase
+import jax
 import numpy as np
 from ase.calculators.calculator import Calculator as AseCalculator
 from ase.calculators.calculator import all_changes

@@ -35,7 +35,6 @@ file next to the artifact).
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import json
 import zipfile
@@ -131,7 +130,7 @@ def metadata(potential: Potential) -> dict:
 def export_potential(potential: Potential, path) -> dict:
     """Write ``potential`` as an exported program with symbolic shapes plus its metadata (a zip:
     metadata.json, edge_outputs.stablehlo), atomically. Returns the metadata."""
-    config = dataclasses.replace(potential.config, kernel="reference")
+    config = potential.config  # FacetModel without an edge_chain runs the reference path
     dtype = jnp.dtype(potential.dtype)
     params = potential.params
 
