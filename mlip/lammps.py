@@ -266,7 +266,7 @@ class Coupling:
         from ase import Atoms
 
         from mlip.calculator import SkinNeighborList
-        from mlip.data.neighbors import edge_vectors_numpy
+        from mlip.data.neighbors import edge_vectors
 
         box = lammps_box(self.lmp)
         if self._neighbors is None:
@@ -274,7 +274,7 @@ class Coupling:
         # Numbers only key the list's rebuild check (a changed atom count or order rebuilds).
         atoms = Atoms(numbers=types, positions=positions, cell=box.cell, pbc=box.pbc)
         edges = self._neighbors.edges(atoms)
-        vectors = edge_vectors_numpy(positions, box.cell, edges)
+        vectors = edge_vectors(positions, box.cell, edges)
         inside = np.einsum("ij,ij->i", vectors, vectors) < self.graphs.r_cut**2
         return np.arange(len(positions)), edges.senders[inside], edges.receivers[inside], vectors[inside]
 
