@@ -101,6 +101,17 @@ def test_filters_name_their_reason(labels, reason):
     assert rejection(_frame(**labels), Filters()) == reason
 
 
+def test_atoms_that_flew_off_are_filtered():
+    """A blown-up MD run (seen in SevenNet-0 labels: an atom 1e10 Å away) is dropped; an atom a
+    few cells away (diffusion in an unwrapped MD run) is kept."""
+    def at(x):
+        return make_frame([29, 29], [[0, 0, 0], [x, 1.7, 1.7]], np.eye(3) * 3.6, True, energy=-7.0,
+                          forces=np.zeros((2, 3)), stress=np.zeros(6))
+
+    assert rejection(at(1.7 + 5 * 3.6), Filters()) is None
+    assert rejection(at(1.56e10), Filters()) == "an atom over 100 cells away (flew off)"
+
+
 def test_close_atoms_are_filtered():
     frame = make_frame([29, 29], [[0, 0, 0], [0.5, 0, 0]], np.eye(3) * 10, True, energy=-7.0,
                        forces=np.zeros((2, 3)), stress=np.zeros(6))

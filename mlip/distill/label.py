@@ -90,6 +90,19 @@ class Filters:
     min_volume: float = 3.5
 
 
+#: An atom this many cells from the origin has flown off in a blown-up MD run: its label is
+#: noise, and float32 storage cannot even hold its position (1e10 Å keeps 3 digits).
+FLEW_OFF_CELLS = 100
+
+
+def _cells_away(frame: Frame) -> float:
+    """Largest |fractional coordinate| along the periodic directions (0 with none)."""
+    if not np.any(frame.pbc):
+        return 0.0
+    fractional = np.linalg.solve(np.asarray(frame.cell, np.float64).T, np.asarray(frame.positions, np.float64).T).T
+    return float(np.abs(fractional[:, np.asarray(frame.pbc, bool)]).max())
+
+
 def rejection(frame: Frame, filters: Filters) -> str | None:
     """Why ``frame`` fails ``filters`` (a short reason, used as a count key), or None."""
     values = [frame.energy, frame.forces] + ([] if frame.stress is None else [frame.stress])
@@ -99,6 +112,8 @@ def rejection(frame: Frame, filters: Filters) -> str | None:
         return f"force above {filters.max_force:g} eV/Å"
     if frame.stress is not None and np.abs(frame.stress).max() * GPA > filters.max_stress:
         return f"stress above {filters.max_stress:g} GPa"
+    if _cells_away(frame) > FLEW_OFF_CELLS:
+        return f"an atom over {FLEW_OFF_CELLS} cells away (flew off)"
     low, high = filters.energy_per_atom
     if not low <= frame.energy / frame.n_atoms <= high:
         return f"energy outside [{low:g}, {high:g}] eV/atom"
