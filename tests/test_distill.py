@@ -143,6 +143,29 @@ def test_labelling_keeps_provenance_and_drops_by_reason(tmp_path):
     assert set(strict.dropped) == {"force above -1 eV/Å"}
 
 
+def test_refilter_drops_failing_frames_and_keeps_the_rest_unchanged(tmp_path):
+    from mlip.distill.label import refilter
+
+    out = tmp_path / "labels"
+    label(_seeds(3), out, teacher="lj", recipe=TINY, seeds_per_shard=1, progress=False)
+    before = ShardedDataset(out)
+    frames = [before[i] for i in range(len(before))]
+    largest = [float(np.linalg.norm(f.forces, axis=1).max()) for f in frames]
+    bound = float(np.median(largest))
+    dropped = refilter(out, Filters(max_force=bound))
+    after = ShardedDataset(out)
+    kept = [f for f, force in zip(frames, largest) if force <= bound]
+    assert sum(dropped.values()) == len(frames) - len(kept) > 0 and len(after) == len(kept)
+    for i, frame in enumerate(kept):  # bit for bit, provenance included
+        np.testing.assert_array_equal(after[i].positions, frame.positions)
+        np.testing.assert_array_equal(after[i].forces, frame.forces)
+        assert after[i].info == frame.info
+    assert after.meta["dropped"][f"force above {bound:g} eV/Å"] == sum(dropped.values())
+    assert sum(after.meta["by_method"].values()) == len(kept)
+    assert after.meta["seeds_done"] == before.meta["seeds_done"]
+    assert not out.with_name("labels.old").exists() and not out.with_name("labels.new").exists()
+
+
 def test_labelling_resumes_and_refuses_to_mix(tmp_path):
     seeds = _seeds(4)
     out = tmp_path / "labels"

@@ -31,6 +31,7 @@ import concurrent.futures
 import dataclasses
 import logging
 import multiprocessing
+import shutil
 import zlib
 from pathlib import Path
 from typing import Sequence
@@ -385,3 +386,48 @@ def json_ready(value):
     if isinstance(value, (list, tuple)):
         return [json_ready(v) for v in value]
     return value
+
+
+def refilter(out_dir, filters: Filters | None = None) -> collections.Counter:
+    """Apply ``filters`` (default: the run's own) and today's fixed checks (non-finite labels,
+    atoms that flew off) to labels already written, for checks added after the labelling: the
+    failing frames leave the directory and join its drop counts. Returns the newly dropped
+    counts by reason.
+
+    The kept frames are copied unchanged (float32 in, float32 out) into new shards, shard by
+    shard, in a sibling directory, which then replaces ``out_dir`` (two renames: an
+    interruption leaves the old directory as ``NAME.old`` or the new one as ``NAME.new``, each
+    complete). The seeds stay done: a resumed `label` does not redo them.
+    """
+    out_dir = Path(out_dir)
+    dataset = ShardedDataset(out_dir)
+    meta = dict(dataset.meta)
+    if filters is None:
+        stored = dict(meta["filters"])
+        stored["energy_per_atom"] = tuple(stored["energy_per_atom"])
+        filters = Filters(**stored)
+    new_dir, old_dir = out_dir.with_name(out_dir.name + ".new"), out_dir.with_name(out_dir.name + ".old")
+    for path in (new_dir, old_dir):
+        if path.exists():
+            raise MlipError(f"{path} exists (an interrupted refilter?): keep the complete directory, remove the other")
+    new_dir.mkdir()
+    writer = ShardWriter(new_dir, 1 << 30, compact=True)
+    dropped = collections.Counter()
+    for start, stop in dataset.shard_ranges:
+        for index in range(start, stop):
+            frame = dataset[index]
+            reason = rejection(frame, filters)
+            if reason is None:
+                writer.add(frame)
+            else:
+                dropped[reason] += 1
+                method = frame.info["method"].split(":")[0]
+                meta["by_method"] = {**meta["by_method"], method: meta["by_method"][method] - 1}
+        writer.flush()
+    meta["dropped"] = dict(collections.Counter(meta["dropped"]) + dropped)
+    meta["filters"] = json_ready(dataclasses.asdict(filters))
+    writer.write_index(dataset.sources, meta)
+    out_dir.rename(old_dir)
+    new_dir.rename(out_dir)
+    shutil.rmtree(old_dir)
+    return dropped
