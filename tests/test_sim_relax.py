@@ -53,7 +53,7 @@ def assert_same_relaxation(result, reference):
 def test_batched_fire_with_cell_equals_ase_and_refills_in_flight(potential):
     structures = [silicon(0), silicon(1, cubic=False), silicon(2), molecule("H2O")]
     structures[3].center(vacuum=2.0)
-    before = _compiled.cache_info().currsize
+    before = _compiled.cache_info().misses
     # Two structure slots for four structures: finished ones leave, waiting ones take over.
     results = relax(potential, structures, fmax=0.02, relax_cell=True, max_steps=300,
                     budget=Budget(max_atoms=20, max_structures=2, chunk=40))
@@ -61,7 +61,7 @@ def test_batched_fire_with_cell_equals_ase_and_refills_in_flight(potential):
         assert result.status == "converged"
         assert_same_relaxation(result, ase_relax(potential, atoms, 0.02))
     assert results[3].stress is None and results[0].stress.shape == (3, 3)
-    assert _compiled.cache_info().currsize - before == 1  # one compiled shape for the whole run
+    assert _compiled.cache_info().misses - before == 1  # one compiled shape for the whole run (misses: the cache may be full)
     assert structures[0].calc is None and results[0].atoms.get_potential_energy() == results[0].energy
 
 
