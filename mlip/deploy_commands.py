@@ -38,6 +38,7 @@ def _cmd_lammps(args) -> None:
 
 
 def add_parsers(commands) -> None:
+    """Add ``export`` and ``lammps`` to the ``mlip`` subcommand parsers."""
     export = add_command(
         commands, "export", _cmd_export,
         help="write a potential as a compiled jax.export (StableHLO) artifact, NAME.mlipx",

@@ -412,7 +412,7 @@ def refilter(out_dir, filters: Filters | None = None) -> collections.Counter:
             raise MlipError(f"{path} exists (an interrupted refilter?): keep the complete directory, remove the other")
     new_dir.mkdir()
     writer = ShardWriter(new_dir, 1 << 30, compact=True)
-    dropped = collections.Counter()
+    dropped, removed = collections.Counter(), collections.Counter()  # by reason, by method
     for start, stop in dataset.shard_ranges:
         for index in range(start, stop):
             frame = dataset[index]
@@ -421,9 +421,9 @@ def refilter(out_dir, filters: Filters | None = None) -> collections.Counter:
                 writer.add(frame)
             else:
                 dropped[reason] += 1
-                method = frame.info["method"].split(":")[0]
-                meta["by_method"] = {**meta["by_method"], method: meta["by_method"][method] - 1}
+                removed[frame.info["method"].split(":")[0]] += 1
         writer.flush()
+    meta["by_method"] = {method: n - removed[method] for method, n in meta["by_method"].items()}
     meta["dropped"] = dict(collections.Counter(meta["dropped"]) + dropped)
     meta["filters"] = json_ready(dataclasses.asdict(filters))
     writer.write_index(dataset.sources, meta)

@@ -442,7 +442,3 @@ def _compiled(engine: Engine, config, spec, runtime) -> _Functions:
 @functools.lru_cache(maxsize=32)
 def _compiled_by_key(keyed: _Keyed, config, spec, runtime) -> _Functions:
     return _Functions(keyed.engine, config, spec, runtime)
-
-
-
-_compiled.cache_info = _compiled_by_key.cache_info  # how many shapes were compiled (tests)
