@@ -9,7 +9,8 @@
     avg_num_neighbors   mean directed edges per atom at the model's cutoff.
 
 E0 and the shift use every training frame (cheap: no neighbour list); the neighbour count and
-force RMS use a seeded sample of ``sample_frames`` frames.
+force RMS use a seeded sample of ``sample_frames`` frames (edges counted at conversion are used
+where a converted directory stores them, see mlip.train.data.graph_sizes; the same numbers).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from tqdm.auto import tqdm
 from mlip.data.graph import build_graph
 from mlip.data.loader import FrameDataset
 from mlip.errors import MlipError
+from mlip.train.data import graph_sizes
 
 log = logging.getLogger("mlip.train")
 
@@ -131,11 +133,12 @@ def compute_statistics(
 
     rng = np.random.default_rng(seed)
     sample = rng.choice(len(dataset), size=min(sample_frames, len(dataset)), replace=False)
+    stored = graph_sizes(dataset, r_cut)
     edges = atoms = 0
     force_sq, force_count = 0.0, 0
     for i in np.sort(sample):
         frame = dataset[int(i)]
-        edges += build_graph(frame, r_cut).n_edge
+        edges += int(stored[1][i]) if stored is not None else build_graph(frame, r_cut).n_edge
         atoms += frame.n_atoms
         if frame.forces is not None:
             force_sq += float(np.sum(np.square(frame.forces)))
