@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 
+import ase.io
 import jax
 import numpy as np
 import pytest
 
+from mlip.cli import main
 from mlip.data import shards
 from mlip.data.graph import build_graph
 from mlip.data.shards import open_dataset, write_shards
@@ -16,6 +18,7 @@ from mlip.testing import random_frame
 from mlip.train import batches as batches_module
 from mlip.train.batches import StepBatches
 from mlip.train.data import Concat, graph_sizes, split
+from mlip.train.statistics import compute_statistics
 
 PBCS = [(True, True, True), (False, False, False), (True, True, False), (True, False, True)]
 
@@ -108,3 +111,22 @@ def test_worker_processes_give_the_same_batches(tmp_path):
         assert_same_batches(a, b)
     with pytest.raises(MlipError, match="workers must be >= 0"):
         step_batches(data, workers=-1)
+
+
+def test_statistics_from_stored_counts_are_the_same(tmp_path):
+    data = frames(30)
+    write_shards(data, tmp_path / "counted", progress=False, edge_cutoffs=[3.5])
+    write_shards(data, tmp_path / "plain", progress=False)
+    counted, plain = (compute_statistics(open_dataset(tmp_path / name), 3.5, sample_frames=12, progress=False)
+                      for name in ("counted", "plain"))
+    assert counted == plain and counted.avg_num_neighbors > 0
+
+
+def test_cli_convert_counts_edges_at_5_angstrom_by_default(tmp_path):
+    rng = np.random.default_rng(2)
+    data = [random_frame(rng, 4, size=5.0, min_distance=1.0) for _ in range(4)]
+    ase.io.write(tmp_path / "in.extxyz", [frame.to_atoms() for frame in data])
+    assert main(["convert", str(tmp_path / "in.extxyz"), "-o", str(tmp_path / "a"), "-q"]) == 0
+    assert open_dataset(tmp_path / "a").edge_cutoffs == [5.0]
+    assert main(["convert", str(tmp_path / "in.extxyz"), "-o", str(tmp_path / "b"), "-q", "--edge-cutoffs"]) == 0
+    assert open_dataset(tmp_path / "b").edge_cutoffs == []

@@ -35,8 +35,7 @@ set_single_thread_env()
 
 import numpy as np  # noqa: E402
 
-from mlip.data.loader import pack_graphs  # noqa: E402
-from mlip.train.batches import StepBatches, _Sized  # noqa: E402
+from mlip.train.batches import StepBatches  # noqa: E402
 from mlip.train.data import open_frames, split  # noqa: E402
 from mlip.train.statistics import compute_statistics  # noqa: E402
 
