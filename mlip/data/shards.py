@@ -515,6 +515,16 @@ class ShardedDataset:
             return None
         return self._n_edges[:, self.edge_cutoffs.index(float(cutoff))]
 
+    def shard_arrays(self, k: int) -> dict[str, np.ndarray]:
+        """The arrays of shard ``k`` as stored (see the module docstring), read-only views:
+        for passes over every frame that need a few arrays, not Frames."""
+        arrays = {}
+        for name, values in self._shard(k).arrays.items():
+            view = values.view()
+            view.flags.writeable = False
+            arrays[name] = view
+        return arrays
+
     def __getstate__(self) -> dict:
         """Pickled without its loaded shards and lock (for loader worker processes)."""
         state = dict(self.__dict__)
