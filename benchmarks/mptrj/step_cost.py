@@ -36,10 +36,10 @@ HERE = Path(__file__).resolve().parent
 SAMPLE = HERE.parents[2] / "shared/data/mptrj/mptrj-random-1k.xyz"
 
 
-def measure(preset: str, steps: int, budgets: tuple[int, int, int]) -> dict:
+def measure(preset: str, steps: int, budgets: tuple[int, int, int], out: str) -> dict:
     nodes, edges, graphs = budgets
     overrides = {
-        "output_dir": tempfile.mkdtemp(prefix="mlip-step-cost-"),
+        "output_dir": out,
         "data": {"train": str(SAMPLE), "valid_fraction": 0.1, "max_nodes": nodes, "max_edges": edges,
                  "max_graphs": graphs, "workers": 0},
         "model": {"preset": preset},
@@ -81,7 +81,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--budgets", type=int, nargs=3, default=(256, 8192, 8), metavar=("NODES", "EDGES", "GRAPHS"))
     args = parser.parse_args()
-    print(json.dumps(measure(args.preset, args.steps, tuple(args.budgets))))
+    with tempfile.TemporaryDirectory(prefix="mlip-step-cost-") as out:
+        print(json.dumps(measure(args.preset, args.steps, tuple(args.budgets), out)))
 
 
 if __name__ == "__main__":
