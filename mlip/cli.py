@@ -80,6 +80,7 @@ def _cmd_convert(args) -> None:
         frames_per_shard=args.frames_per_shard,
         overwrite=args.overwrite,
         progress=not args.quiet,
+        edge_cutoffs=args.edge_cutoffs,
         **_read_options(args),
     )
     print(report.summary())
@@ -501,6 +502,12 @@ def add_parsers(commands) -> None:
     convert.add_argument("-o", "--output", type=Path, required=True, help="output directory")
     convert.add_argument("--frames-per-shard", type=int, default=10_000)
     convert.add_argument("--overwrite", action="store_true", help="replace an existing dataset in OUTPUT")
+    convert.add_argument(
+        "--edge-cutoffs", type=float, nargs="*", default=[5.0], metavar="R",
+        help="radii (Å) at which to count each frame's edges, so that training a model with one "
+        "of these cutoffs packs batches without building neighbour lists first (default 5; "
+        "none with an empty list)",
+    )
     convert.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     _add_read_options(convert)
     models = add_command(

@@ -16,6 +16,11 @@ Format ``mlip-shards``, version 1: a directory holding
     "sha256": hex digest of the file, "atom_extras": [names stored in this shard]}, ...]}``
 ``n_atoms.npy``
     int32 [F], atoms per frame, so a loader can plan batches without opening any shard.
+``n_edges.npy`` (when the index lists ``"edge_cutoffs": [r_1, ...]``, Å)
+    int32 [F, len(edge_cutoffs)], directed edges of each frame's radius graph at each cutoff,
+    counted on the stored arrays at conversion: with ``n_atoms`` it is all that packing
+    batches needs, so training starts without building a neighbour list (see
+    mlip.train.batches). Datasets without it still load; the loader then builds every graph.
 ``shard-NNNNN.npz``
     an uncompressed `numpy.savez` archive (fast to read) of one shard's f frames and a atoms,
     concatenated in frame order:
@@ -69,6 +74,7 @@ from tqdm.auto import tqdm
 
 from mlip import __version__
 from mlip.data.frame import Frame, make_frame
+from mlip.data.neighbors import neighbor_list
 from mlip.data.readers import ReadReport, read_frames
 from mlip.errors import DataError, MlipError
 from mlip.fileio import TEMP_PREFIX, atomic_write_bytes, npz_bytes
@@ -79,6 +85,7 @@ FORMAT = "mlip-shards"
 VERSION = 1
 INDEX_FILE = "index.json"
 N_ATOMS_FILE = "n_atoms.npy"
+N_EDGES_FILE = "n_edges.npy"
 _SHARD_NAME = "shard-{:05d}.npz"
 _SHARD_GLOB = "shard-*.npz"
 _EXTRA_PREFIX = "extra/"
@@ -127,6 +134,7 @@ def convert(
     frames_per_shard: int = 10_000,
     progress: bool = True,
     overwrite: bool = False,
+    edge_cutoffs: Sequence[float] = (),
     **read_options,
 ) -> ConvertReport:
     """Convert structure files into a sharded dataset at ``out_dir``.
@@ -137,6 +145,8 @@ def convert(
         frames_per_shard: frames per shard file (the unit of loading and shuffling).
         progress: show a progress bar (frames/s, shards written) on stderr.
         overwrite: replace a dataset already in ``out_dir`` (other files there are kept).
+        edge_cutoffs: radii (Å) at which every frame's edges are counted and stored, for
+            training models with these cutoffs (``n_edges.npy``).
         **read_options: passed to `read_frames` (format, energy_key, mptrj_energy, on_error...).
 
     Frames stream through one shard buffer at a time, so memory does not grow with the input.
@@ -154,6 +164,7 @@ def convert(
         frames_per_shard=frames_per_shard,
         progress=progress,
         overwrite=overwrite,
+        edge_cutoffs=edge_cutoffs,
     )
     skipped = sum(report.skipped for report in reports)
     return dataclasses.replace(result, skipped=skipped, read_reports=reports)
@@ -167,17 +178,18 @@ def write_shards(
     frames_per_shard: int = 10_000,
     progress: bool = True,
     overwrite: bool = False,
+    edge_cutoffs: Sequence[float] = (),
 ) -> ConvertReport:
     """Write already-built frames (any iterable, consumed once) as a sharded dataset.
 
     The engine behind `convert`, for frames that do not come from files. ``sources`` is
-    recorded in the index. Frames are stored as given: validate them first (readers do).
+    recorded in the index; ``edge_cutoffs`` as in `convert`. Frames are stored as given: validate them first (readers do).
     If iterating ``frames`` raises, the files written so far are removed and no index is left.
     """
     if frames_per_shard < 1:
         raise MlipError(f"frames_per_shard must be at least 1, got {frames_per_shard}")
     out_dir = _prepare_out_dir(Path(out_dir), overwrite)
-    writer = ShardWriter(out_dir, frames_per_shard)
+    writer = ShardWriter(out_dir, frames_per_shard, edge_cutoffs=edge_cutoffs)
     bar = tqdm(desc=f"converting to {out_dir}", unit=" frames", postfix={"shards": 0},
                disable=not progress)
     try:
@@ -219,6 +231,7 @@ def _prepare_out_dir(out_dir: Path, overwrite: bool) -> Path:
         stale = [*out_dir.glob(_SHARD_GLOB), *out_dir.glob(TEMP_PREFIX + "*")]
         for path in [out_dir / N_ATOMS_FILE, *stale]:
             path.unlink(missing_ok=True)
+        (out_dir / N_EDGES_FILE).unlink(missing_ok=True)
     return out_dir
 
 
@@ -229,13 +242,19 @@ class ShardWriter:
     seeds and rewrites the index after each). ``buffer``: the frames not yet written.
 
     ``compact``: float32 geometry and labels, deflated (see the module docstring).
+    ``edge_cutoffs``: radii (Å) at which each frame's edges are counted (``n_edges.npy``).
     """
 
-    def __init__(self, out_dir: Path, frames_per_shard: int, *, compact: bool = False):
+    def __init__(self, out_dir: Path, frames_per_shard: int, *, compact: bool = False,
+                 edge_cutoffs: Sequence[float] = ()):
         self.out_dir, self.frames_per_shard, self.compact = out_dir, frames_per_shard, compact
+        self.edge_cutoffs = [float(r) for r in edge_cutoffs]
+        if any(not r > 0 for r in self.edge_cutoffs) or len(set(self.edge_cutoffs)) < len(self.edge_cutoffs):
+            raise MlipError(f"edge cutoffs must be positive and distinct (Å), got {list(edge_cutoffs)}")
         self.buffer: list[Frame] = []
         self.entries: list[dict] = []
         self.n_atoms_per_shard: list[np.ndarray] = []
+        self.n_edges_per_shard: list[np.ndarray] = []
         self.elements: set[int] = set()
         self.labels = {"energy": 0, "forces": 0, "stress": 0}
         self.warned_extras: set[str] = set()
@@ -243,11 +262,14 @@ class ShardWriter:
 
     @classmethod
     def reopen(cls, out_dir: Path, frames_per_shard: int, *, compact: bool = False) -> "ShardWriter":
-        """A writer that appends to the dataset in ``out_dir`` (its shards are kept)."""
+        """A writer that appends to the dataset in ``out_dir`` (its shards are kept), counting
+        edges at the cutoffs the dataset already counts them at."""
         dataset = ShardedDataset(out_dir)
-        writer = cls(out_dir, frames_per_shard, compact=compact)
+        writer = cls(out_dir, frames_per_shard, compact=compact, edge_cutoffs=dataset.edge_cutoffs)
         writer.entries = list(dataset._entries)
         writer.n_atoms_per_shard = [dataset.n_atoms[a:b] for a, b in dataset.shard_ranges]
+        if dataset.edge_cutoffs:
+            writer.n_edges_per_shard = [dataset._n_edges[a:b] for a, b in dataset.shard_ranges]
         writer.elements = set(dataset.elements)
         writer.labels = dict(dataset.labels)
         return writer
@@ -288,6 +310,8 @@ class ShardWriter:
             "atom_extras": sorted(extras),
         })
         self.n_atoms_per_shard.append(arrays["n_atoms"])
+        if self.edge_cutoffs:
+            self.n_edges_per_shard.append(_count_edges(arrays, self.edge_cutoffs))
         self.elements.update(np.unique(arrays["numbers"]).tolist())
         for label in self.labels:
             self.labels[label] += int(arrays[f"has_{label}"].sum())
@@ -302,10 +326,16 @@ class ShardWriter:
         self.write_index(sources, meta)
 
     def write_index(self, sources: list[str], meta: dict | None = None) -> None:
-        """Write the n_atoms sidecar, then (last) the index of every shard written so far."""
+        """Write the sidecars (atom and edge counts), then (last) the index of every shard
+        written so far."""
         n_atoms = np.concatenate(self.n_atoms_per_shard or [np.zeros(0, np.int32)])
         self.written.append(self.out_dir / N_ATOMS_FILE)
         atomic_write_bytes(self.out_dir / N_ATOMS_FILE, _save_bytes(n_atoms))
+        if self.edge_cutoffs:
+            empty = np.zeros((0, len(self.edge_cutoffs)), np.int32)
+            self.written.append(self.out_dir / N_EDGES_FILE)
+            atomic_write_bytes(self.out_dir / N_EDGES_FILE,
+                               _save_bytes(np.concatenate(self.n_edges_per_shard or [empty])))
         index = {
             "format": FORMAT,
             "version": VERSION,
@@ -317,6 +347,8 @@ class ShardWriter:
             "sources": sources,
             "shards": self.entries,
         }
+        if self.edge_cutoffs:
+            index["edge_cutoffs"] = self.edge_cutoffs
         if meta is not None:
             index["meta"] = meta
         atomic_write_bytes(self.out_dir / INDEX_FILE, json.dumps(index, indent=1).encode())
@@ -398,6 +430,21 @@ def _extra_problem(values: list) -> str | None:
     return None
 
 
+def _count_edges(arrays: dict[str, np.ndarray], cutoffs: list[float]) -> np.ndarray:
+    """int32 [f, len(cutoffs)]: directed edges of each frame of the shard ``arrays`` at each
+    cutoff, from the stored (possibly float32) geometry, so they match the graphs the loader
+    builds from the frames read back."""
+    offsets = np.concatenate([[0], np.cumsum(arrays["n_atoms"], dtype=np.int64)])
+    positions = arrays["positions"].astype(np.float64)
+    cells, pbcs = arrays["cell"].astype(np.float64), arrays["pbc"]
+    counts = np.zeros((len(offsets) - 1, len(cutoffs)), np.int32)
+    for j in range(len(counts)):
+        for k, cutoff in enumerate(cutoffs):
+            edges = neighbor_list(positions[offsets[j]:offsets[j + 1]], cells[j], pbcs[j], cutoff)
+            counts[j, k] = len(edges.senders)
+    return counts
+
+
 def _save_bytes(array: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     np.save(buffer, array)
@@ -419,6 +466,7 @@ class ShardedDataset:
         labels: number of frames carrying each label ("energy", "forces", "stress").
         sources: the input paths the dataset was converted from.
         meta: the index's free-form ``meta`` object ({} when absent).
+        edge_cutoffs: the radii (Å) at which ``n_edges`` counts edges ([] when not stored).
 
     Raises DataError naming the file for a missing, unreadable or malformed index, an index of
     another format or version, a missing or wrong-size shard (when opening) and a shard whose
@@ -438,6 +486,8 @@ class ShardedDataset:
         self._starts = np.cumsum([0] + [entry["n_frames"] for entry in self._entries])
         self.shard_ranges = [(int(a), int(b)) for a, b in zip(self._starts[:-1], self._starts[1:])]
         self.n_atoms = _read_n_atoms(self.path / N_ATOMS_FILE, index, self.shard_ranges)
+        self.edge_cutoffs = [float(r) for r in index.get("edge_cutoffs", [])]
+        self._n_edges = _read_n_edges(self.path / N_EDGES_FILE, index) if self.edge_cutoffs else None
         for entry in self._entries:
             _check_shard_size(self.path / entry["file"], entry)
         self._cache_shards = cache_shards
@@ -457,6 +507,32 @@ class ShardedDataset:
             raise IndexError(f"frame {i} out of range for a dataset of {n} frames")
         k = int(np.searchsorted(self._starts, i, side="right")) - 1
         return self._shard(k).frame(i - int(self._starts[k]), i)
+
+    def n_edges(self, cutoff: float) -> np.ndarray | None:
+        """int32 [n_frames]: directed edges of every frame's graph at ``cutoff`` (Å), counted at
+        conversion; None when the dataset has no counts at that cutoff."""
+        if float(cutoff) not in self.edge_cutoffs:
+            return None
+        return self._n_edges[:, self.edge_cutoffs.index(float(cutoff))]
+
+    def shard_arrays(self, k: int) -> dict[str, np.ndarray]:
+        """The arrays of shard ``k`` as stored (see the module docstring), read-only views:
+        for passes over every frame that need a few arrays, not Frames."""
+        arrays = {}
+        for name, values in self._shard(k).arrays.items():
+            view = values.view()
+            view.flags.writeable = False
+            arrays[name] = view
+        return arrays
+
+    def __getstate__(self) -> dict:
+        """Pickled without its loaded shards and lock (for loader worker processes)."""
+        state = dict(self.__dict__)
+        state["_cache"], state["_lock"] = collections.OrderedDict(), None
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state, _lock=threading.Lock())
 
     def __repr__(self) -> str:
         return (f"ShardedDataset({str(self.path)!r}: {len(self)} frames, "
@@ -532,6 +608,9 @@ def _check_index(index: dict) -> None:
     for key in ("n_frames", "n_atoms"):
         if index[key] != sum(entry[key] for entry in index["shards"]):
             raise ValueError(f"{key} = {index[key]} does not match the sum over shards")
+    cutoffs = index.get("edge_cutoffs", [])
+    if not isinstance(cutoffs, list) or not all(isinstance(r, (int, float)) and r > 0 for r in cutoffs):
+        raise ValueError(f"edge_cutoffs {cutoffs!r} is not a list of positive radii")
 
 
 def _check_fields(record, fields: dict[str, type], what: str) -> None:
@@ -557,6 +636,20 @@ def _read_n_atoms(path: Path, index: dict, shard_ranges: list[tuple[int, int]]) 
     if not ok:
         raise DataError(f"per-frame atom counts do not match {INDEX_FILE}", path)
     return n_atoms
+
+
+def _read_n_edges(path: Path, index: dict) -> np.ndarray:
+    """Load the per-frame edge counts [F, len(edge_cutoffs)] and check their shape."""
+    try:
+        n_edges = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise DataError(f"per-frame edge counts are missing ({INDEX_FILE} lists edge_cutoffs)", path) from None
+    except (OSError, ValueError, EOFError) as exc:
+        raise DataError(f"unreadable per-frame edge counts ({exc})", path) from None
+    shape = (index["n_frames"], len(index["edge_cutoffs"]))
+    if n_edges.shape != shape or not np.issubdtype(n_edges.dtype, np.integer) or (n_edges < 0).any():
+        raise DataError(f"per-frame edge counts have shape {n_edges.shape}, {INDEX_FILE} needs {shape}", path)
+    return n_edges
 
 
 def _check_shard_size(path: Path, entry: dict) -> None:

@@ -47,6 +47,8 @@ class DataConfig:
             of shapes below these, so they bound both memory and the number of compilations.
         statistics_frames: training frames sampled for the average neighbour count and the
             force RMS (E0 and the energy shift always use every training frame).
+        workers: processes that build neighbour lists and batches ahead of the step (0: one
+            background thread). The steps do not depend on it.
     """
 
     train: Union[str, list[str]] = ""
@@ -67,6 +69,7 @@ class DataConfig:
     max_edges: int = 16384
     max_graphs: int = 32
     statistics_frames: int = 5000
+    workers: int = 0
 
     def __post_init__(self):
         if not self.train:
@@ -75,6 +78,7 @@ class DataConfig:
             raise MlipError(f"config: data.valid_fraction must be in (0, 1), got {self.valid_fraction}")
         if min(self.max_nodes, self.max_edges, self.max_graphs) < 1:
             raise MlipError("config: data.max_nodes, max_edges and max_graphs must be positive")
+        _require(self.workers >= 0, f"data.workers must be >= 0, got {self.workers}")
         _require(self.statistics_frames >= 1, f"data.statistics_frames must be >= 1, got {self.statistics_frames}")
         _require(self.split_seed >= 0, f"data.split_seed must be >= 0, got {self.split_seed}")
         _require(self.min_distance >= 0, f"data.min_distance must be >= 0 Å, got {self.min_distance}")

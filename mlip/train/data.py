@@ -117,6 +117,24 @@ def label_counts(dataset: FrameDataset) -> dict[str, int]:
     return {name: sum(getattr(f, name) is not None for f in frames) for name in LABELS}
 
 
+def graph_sizes(dataset: FrameDataset, cutoff: float) -> tuple[np.ndarray, np.ndarray] | None:
+    """Atoms and directed edges at ``cutoff`` (Å) of every frame, int64 [n_frames] each, from
+    the counts a converted directory stores (``mlip convert --edge-cutoffs``); None when some
+    part of ``dataset`` has no counts at that cutoff (its graphs must then be built)."""
+    if isinstance(dataset, Subset):
+        sizes = graph_sizes(dataset.dataset, cutoff)
+        return None if sizes is None else (sizes[0][dataset.indices], sizes[1][dataset.indices])
+    if isinstance(dataset, Concat):
+        parts = [graph_sizes(part, cutoff) for part in dataset.parts]
+        if any(part is None for part in parts):
+            return None
+        return tuple(np.concatenate([part[k] for part in parts]) for k in (0, 1))
+    n_edges = dataset.n_edges(cutoff) if isinstance(dataset, ShardedDataset) else None
+    if n_edges is None:
+        return None
+    return dataset.n_atoms.astype(np.int64), n_edges.astype(np.int64)
+
+
 def split(dataset: FrameDataset, valid_fraction: float, seed: int) -> tuple[Subset, Subset]:
     """Random (seeded) split into training and validation subsets."""
     n = len(dataset)

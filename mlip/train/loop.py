@@ -189,11 +189,12 @@ class _Run:
         self.batches = StepBatches(
             self.train_set, self.model.r_cut, micro_batches=len(self.devices) * t.accumulate,
             max_nodes=config.data.max_nodes, max_edges=config.data.max_edges, max_graphs=config.data.max_graphs,
-            shuffle=True, seed=config.seed, dtype=self.dtype,
+            shuffle=True, seed=config.seed, dtype=self.dtype, workers=config.data.workers,
         )
         self.valid_batches = StepBatches(
             self.valid_set, self.model.r_cut, micro_batches=1, max_nodes=config.data.max_nodes,
             max_edges=config.data.max_edges, max_graphs=config.data.max_graphs, shuffle=False, seed=0, dtype=self.dtype,
+            workers=config.data.workers,
         )
         # Schedule length; epochs may differ by a step or two (packing depends on the order),
         # so without max_steps the run ends by epochs and the schedule holds its final value.

@@ -8,8 +8,10 @@
               per-atom energy is scale x network output, so forces start at the data's size.
     avg_num_neighbors   mean directed edges per atom at the model's cutoff.
 
-E0 and the shift use every training frame (cheap: no neighbour list); the neighbour count and
-force RMS use a seeded sample of ``sample_frames`` frames.
+E0 and the shift use every training frame (cheap: no neighbour list; a converted directory's
+shard arrays are summed a shard at a time); the neighbour count and
+force RMS use a seeded sample of ``sample_frames`` frames (edges counted at conversion are used
+where a converted directory stores them, see mlip.train.data.graph_sizes; the same numbers).
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from tqdm.auto import tqdm
 from mlip.data.graph import build_graph
 from mlip.data.loader import FrameDataset
 from mlip.errors import MlipError
+from mlip.data.shards import ShardedDataset
+from mlip.train.data import Subset, graph_sizes
 
 log = logging.getLogger("mlip.train")
 
@@ -82,6 +86,23 @@ class _EnergySums:
         self.frames += 1
         self.atoms += n
 
+    def add_many(self, counts: np.ndarray, energy: np.ndarray, has_energy: np.ndarray) -> None:
+        """`add` for many frames at once, with the same result to the bit: ``counts`` float64
+        [f, 119] atoms of each element, ``energy`` [f] eV, ``has_energy`` bool [f]. The
+        float sums run frame after frame (``np.cumsum`` adds sequentially); the normal
+        matrix holds integers, exact in any order."""
+        self.present |= counts.any(axis=0)
+        counts, energy = counts[has_energy], energy[has_energy].astype(np.float64)
+        if not len(counts):
+            return
+        n = counts.sum(axis=1)
+        self.ata += counts.T @ counts
+        self.aty = np.cumsum(np.vstack([self.aty, counts * energy[:, None]]), axis=0)[-1]
+        self.energy_per_atom = float(np.cumsum(np.concatenate([[self.energy_per_atom], energy / n]))[-1])
+        self.counts_per_atom = np.cumsum(np.vstack([self.counts_per_atom, counts / n[:, None]]), axis=0)[-1]
+        self.frames += len(counts)
+        self.atoms += int(n.sum())
+
     def solve(self, fixed: dict[int, float]) -> np.ndarray:
         """E0 [119] for the elements seen; ``fixed`` elements keep the given values."""
         e0 = np.zeros(_N)
@@ -122,20 +143,18 @@ def compute_statistics(
     if len(dataset) == 0:
         raise MlipError("the training set is empty")
     fixed = dict(fixed_atomic_energies or {})
-    sums = _EnergySums()
-    for i in tqdm(range(len(dataset)), desc="statistics", unit=" frames", disable=not progress, delay=1.0):
-        frame = dataset[i]
-        sums.add(frame.numbers, frame.energy)
+    sums = _energy_sums(dataset, progress)
     e0 = sums.solve(fixed)
     species = tuple(int(z) for z in np.flatnonzero(sums.present))
 
     rng = np.random.default_rng(seed)
     sample = rng.choice(len(dataset), size=min(sample_frames, len(dataset)), replace=False)
+    stored = graph_sizes(dataset, r_cut)
     edges = atoms = 0
     force_sq, force_count = 0.0, 0
     for i in np.sort(sample):
         frame = dataset[int(i)]
-        edges += build_graph(frame, r_cut).n_edge
+        edges += int(stored[1][i]) if stored is not None else build_graph(frame, r_cut).n_edge
         atoms += frame.n_atoms
         if frame.forces is not None:
             force_sq += float(np.sum(np.square(frame.forces)))
@@ -150,3 +169,26 @@ def compute_statistics(
         frames=sums.frames,
         atoms=sums.atoms,
     )
+
+
+def _energy_sums(dataset: FrameDataset, progress: bool) -> _EnergySums:
+    """The E0 sums over every frame of ``dataset``, in order: shard by shard from the arrays
+    of a converted directory (or a subset of one), else frame by frame."""
+    sums = _EnergySums()
+    sharded = dataset.dataset if isinstance(dataset, Subset) else dataset
+    if not isinstance(sharded, ShardedDataset):
+        for i in tqdm(range(len(dataset)), desc="statistics", unit=" frames", disable=not progress, delay=1.0):
+            frame = dataset[i]
+            sums.add(frame.numbers, frame.energy)
+        return sums
+    indices = dataset.indices if isinstance(dataset, Subset) else np.arange(len(dataset))
+    for k, (start, stop) in enumerate(tqdm(sharded.shard_ranges, desc="statistics", unit=" shards",
+                                           disable=not progress, delay=1.0)):
+        frames = indices[(indices >= start) & (indices < stop)] - start  # ascending, as Subset keeps them
+        if len(frames):
+            arrays = sharded.shard_arrays(k)
+            owner = np.repeat(np.arange(len(arrays["n_atoms"])), arrays["n_atoms"])
+            counts = np.zeros((len(arrays["n_atoms"]), _N))
+            np.add.at(counts, (owner, arrays["numbers"]), 1.0)
+            sums.add_many(counts[frames], arrays["energy"][frames], arrays["has_energy"][frames])
+    return sums
