@@ -62,7 +62,7 @@ from mlip.train.loss import Terms
 from mlip.train.model import describe_params, initial_model
 from mlip.train.step import (
     batch_sharding, init_state, learning_rate_fn, make_mesh, make_optimizer, make_train_step,
-    make_validation_step, trainable_labels,
+    make_validation_step, replicate, trainable_labels,
 )
 
 log = logging.getLogger("mlip.train")
@@ -237,8 +237,8 @@ class _Run:
         self.state = init_state(params, optimizer)
         if checkpoint is not None:
             self.state, self.loop = load_checkpoint(checkpoint, self.state)
-            self.state = jax.device_put(self.state)
             log.info("resumed from %s at epoch %d, step %d", checkpoint, self.loop.epoch, self.loop.step)
+        self.state = replicate(self.state, mesh)
         log.info("model: %d parameters, %s; %d device(s) x %d micro-batch(es) per step; %d steps per epoch",
                  sum(np.size(p) for p in jax.tree.leaves(params)), _model_line(self.model), len(self.devices),
                  t.accumulate, self.batches.steps_per_epoch(0))
