@@ -14,7 +14,8 @@ import jax
 import numpy as np
 import pytest
 
-from tests.test_train import lj_file, tiny_config  # noqa: F401 - lj_file is a fixture
+from mlip.testing import lennard_jones_frames
+from tests.test_train import tiny_config, write_data
 
 CLI = [sys.executable, "-m", "mlip.cli", "train"]
 REPO = Path(__file__).resolve().parents[1]
@@ -68,9 +69,10 @@ def _assert_bitwise_equal(a: Path, b: Path) -> None:
         assert x.dtype == y.dtype and np.array_equal(x, y), f"{a.name} array {i} differs from {b}"
 
 
-def test_two_processes_train_like_one_process_with_two_devices(tmp_path, lj_file):  # noqa: F811
+def test_two_processes_train_like_one_process_with_two_devices(tmp_path):
     if not hasattr(jax.config, "jax_cpu_collectives_implementation"):
         pytest.skip(f"jax {jax.__version__} has no CPU collectives across processes")
+    lj_file = write_data(tmp_path / "lj.xyz", lennard_jones_frames(np.random.default_rng(0), 10, 8, rattle=0.25))
     configs = {}
     for name in ("one", "two"):
         configs[name] = tmp_path / f"{name}.yaml"
@@ -106,3 +108,20 @@ def test_two_processes_train_like_one_process_with_two_devices(tmp_path, lj_file
         assert "resumed from" in r.stderr and "at epoch 1, step 2" in r.stderr
     _assert_bitwise_equal(tmp_path / "final.npz", two / "checkpoints" / names[1])
     _assert_bitwise_equal(one / "last.mlip", two / "last.mlip")
+
+
+def test_processes_that_see_different_checkpoints_refuse_to_start(tmp_path, monkeypatch):
+    """An output_dir that is not shared (or a stale view of it) would resume the processes from
+    different states: every process raises the same error instead. The all-gather is replaced
+    by what process 1 would contribute (no checkpoint) next to this process's own."""
+    from mlip.train import loop
+
+    checkpoints = tmp_path / "checkpoints"
+    checkpoints.mkdir()
+    (checkpoints / "ckpt-000000004.npz").write_bytes(b"")
+    monkeypatch.setattr(loop.jax, "process_count", lambda: 2)
+    monkeypatch.setattr(loop.multihost_utils, "process_allgather", lambda x: np.array([x, -1]))
+    with pytest.raises(loop.MlipError, match=r"different newest checkpoints \(process 0: step 4, process 1: none\)"):
+        loop._check_processes_share(tmp_path)
+    monkeypatch.setattr(loop.multihost_utils, "process_allgather", lambda x: np.array([x, x]))
+    loop._check_processes_share(tmp_path)  # the same view: no error

@@ -146,8 +146,9 @@ def _prepare_output(config: TrainConfig, out: Path, resume: bool, writer: bool =
     if list_checkpoints(out / "checkpoints"):
         raise MlipError(f"{out} already holds a run; resume it with --resume or choose another output_dir")
     _clear_unstarted_run(out, writer)
-    out.mkdir(parents=True, exist_ok=True)
-    config.save(saved)
+    if writer:
+        out.mkdir(parents=True, exist_ok=True)
+        config.save(saved)
 
 
 #: What a run writes into its output_dir (see the module docstring).
@@ -308,7 +309,7 @@ class _Run:
                     self._checkpoint()
         except KeyboardInterrupt:
             self._update(seconds=time.perf_counter() - started)
-            path = self._checkpoint()
+            path = self._checkpoint() or "written by process 0"
             log.warning("interrupted at step %d; checkpoint %s; continue with --resume", self.loop.step, path)
             raise
         return self._finish()
@@ -348,8 +349,7 @@ class _Run:
     def _stop_requested(self, interrupted: "_SigintFlag") -> bool:
         """Whether to stop after this step. Several processes agree every training.log_every
         steps: a scheduler's signal reaches them at different steps, and one stopping alone
-        would leave the others waiting in the next step's collectives (and checkpoint a state
-        that they would resume from out of step)."""
+        would leave the others waiting in the next step's collectives."""
         if jax.process_count() == 1:
             return interrupted.is_set()
         if self.loop.step % self.config.training.log_every:
