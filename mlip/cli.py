@@ -413,6 +413,9 @@ def _cmd_train(args) -> None:
     import yaml
 
     if args.distributed:  # one process per host; unset values are detected (SLURM, Open MPI, ...)
+        if jax.config.jax_cpu_collectives_implementation in (None, "none"):
+            # CPU processes reduce across hosts with gloo (over TCP); jax < 0.5 had none by default.
+            jax.config.update("jax_cpu_collectives_implementation", "gloo")
         jax.distributed.initialize(args.coordinator, args.num_processes, args.process_id)
     from mlip.runtime import enable_compilation_cache
     from mlip.train import load_config, train

@@ -14,6 +14,12 @@ Resuming (``resume=True``, ``mlip train CONFIG --resume``) restores the newest c
 continues at the exact step it stopped: the data order of an epoch depends only on the seed
 and the epoch, so the interrupted epoch is regenerated and its finished steps skipped. Ctrl-C
 (SIGINT) finishes the current step, writes a checkpoint and stops.
+
+Several processes (``jax.distributed``, one per host) run the same loop on one output_dir
+that they all see (a shared filesystem). Process 0 alone writes into it (config, log,
+metrics, checkpoints, models); the others only read, and check at start-up that they see
+the same checkpoints as process 0. Every process computes the same losses and parameters
+(replicated), so each takes the same decisions (best model, plateau, stop) without talking.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 import yaml
 from ase.data import chemical_symbols
+from jax.experimental import multihost_utils
 from tqdm.auto import tqdm
 
 from kernels.selection import resolve
@@ -55,7 +62,7 @@ from mlip.train.loss import Terms
 from mlip.train.model import describe_params, initial_model
 from mlip.train.step import (
     batch_sharding, init_state, learning_rate_fn, make_mesh, make_optimizer, make_train_step,
-    make_validation_step, trainable_labels,
+    make_validation_step, replicate, trainable_labels,
 )
 
 log = logging.getLogger("mlip.train")
@@ -92,16 +99,36 @@ def train(
     check_dtype(config.training.precision)
     release_compiled_programs_if_needed()
     out = Path(config.output_dir)
-    _prepare_output(config, out, resume)
-    handler = _log_to_file(out / "train.log")
+    _check_processes_share(out)
+    writer = jax.process_index() == 0
+    _prepare_output(config, out, resume, writer)
+    handler = _log_to_file(out / "train.log") if writer else None
     try:
         return _Run(config, out, resume, progress, devices, callbacks).run()
     finally:
-        logging.getLogger("mlip").removeHandler(handler)
-        handler.close()
+        if handler is not None:
+            logging.getLogger("mlip").removeHandler(handler)
+            handler.close()
 
 
-def _prepare_output(config: TrainConfig, out: Path, resume: bool) -> None:
+def _check_processes_share(out: Path) -> None:
+    """With several processes: MlipError on every process unless all of them see the same
+    newest checkpoint in ``out`` (none counts), so that all resume from one state, or all start
+    afresh. Each process raises the same error, so none is left waiting for the others."""
+    if jax.process_count() == 1:
+        return
+    newest = list_checkpoints(out / "checkpoints")[-1:]
+    step = int(newest[0].stem.removeprefix("ckpt-")) if newest else -1
+    steps = np.asarray(multihost_utils.process_allgather(np.int64(step))).ravel().tolist()
+    if len(set(steps)) > 1:
+        seen = ", ".join(f"process {i}: {'none' if s < 0 else f'step {s}'}" for i, s in enumerate(steps))
+        raise MlipError(f"{out}: the processes see different newest checkpoints ({seen}); output_dir must be "
+                        "one directory on a filesystem that every host shares")
+
+
+def _prepare_output(config: TrainConfig, out: Path, resume: bool, writer: bool = True) -> None:
+    """Check that ``out`` can take the run (fresh or resumed) and, if ``writer``, prepare it;
+    other processes of a multi-process run only check."""
     saved = out / "config.yaml"
     if resume:
         if not list_checkpoints(out / "checkpoints"):
@@ -118,9 +145,10 @@ def _prepare_output(config: TrainConfig, out: Path, resume: bool) -> None:
         return
     if list_checkpoints(out / "checkpoints"):
         raise MlipError(f"{out} already holds a run; resume it with --resume or choose another output_dir")
-    _clear_unstarted_run(out)
-    out.mkdir(parents=True, exist_ok=True)
-    config.save(saved)
+    _clear_unstarted_run(out, writer)
+    if writer:
+        out.mkdir(parents=True, exist_ok=True)
+        config.save(saved)
 
 
 #: What a run writes into its output_dir (see the module docstring).
@@ -128,16 +156,19 @@ RUN_FILES = ("config.yaml", "train.log", "metrics.jsonl", "metrics.csv", "checkp
              "best_metrics.json", "last.mlip", "test_metrics.json")
 
 
-def _clear_unstarted_run(out: Path) -> None:
+def _clear_unstarted_run(out: Path, writer: bool) -> None:
     """Remove what a run that never reached its first checkpoint (it failed or was stopped
     during start-up) left in ``out``, so that it can be started afresh. Anything that is not
-    a run's file is left alone, and the directory refused: it is not an output_dir."""
+    a run's file is left alone, and the directory refused: it is not an output_dir. Only the
+    ``writer`` removes; every process checks (the writer's own files do not change the answer)."""
     if not out.exists():
         return
     foreign = sorted(p.name for p in out.iterdir() if p.name not in RUN_FILES and not p.name.startswith(TEMP_PREFIX))
     if foreign:
         raise MlipError(f"{out} holds files that are not a training run's ({', '.join(foreign[:3])}); "
                         "choose another output_dir")
+    if not writer:
+        return
     for path in out.iterdir():
         if path.name == "checkpoints":
             shutil.rmtree(path)
@@ -161,6 +192,7 @@ class _Run:
 
     def __init__(self, config: TrainConfig, out: Path, resume: bool, progress: bool, devices, callbacks):
         self.config, self.out, self.progress, self.callbacks = config, out, progress, list(callbacks)
+        self.writer = jax.process_index() == 0  # the one process that writes into ``out``
         t = config.training
         self.dtype = np.dtype(t.precision)
         self.devices = list(devices) if devices is not None else _pick_devices(t.devices)
@@ -207,8 +239,8 @@ class _Run:
         self.state = init_state(params, optimizer)
         if checkpoint is not None:
             self.state, self.loop = load_checkpoint(checkpoint, self.state)
-            self.state = jax.device_put(self.state)
             log.info("resumed from %s at epoch %d, step %d", checkpoint, self.loop.epoch, self.loop.step)
+        self.state = replicate(self.state, mesh)
         log.info("model: %d parameters, %s; %d device(s) x %d micro-batch(es) per step; %d steps per epoch",
                  sum(np.size(p) for p in jax.tree.leaves(params)), _model_line(self.model), len(self.devices),
                  t.accumulate, self.batches.steps_per_epoch(0))
@@ -278,7 +310,7 @@ class _Run:
                     self._checkpoint()
         except KeyboardInterrupt:
             self._update(seconds=time.perf_counter() - started)
-            path = self._checkpoint()
+            path = self._checkpoint() or "written by process 0"
             log.warning("interrupted at step %d; checkpoint %s; continue with --resume", self.loop.step, path)
             raise
         return self._finish()
@@ -306,7 +338,7 @@ class _Run:
                     self._report(metrics, bar)
                 if t.checkpoint_every and self.loop.step % t.checkpoint_every == 0:
                     self._checkpoint()
-                if interrupted.is_set():
+                if self._stop_requested(interrupted):
                     raise KeyboardInterrupt
                 if self.loop.step >= self.max_steps:
                     break
@@ -314,6 +346,16 @@ class _Run:
         loop = self.loop
         self.train_loss = loop.epoch_loss_sum / loop.epoch_loss_steps if loop.epoch_loss_steps else float("nan")
         return loop.epoch_step >= steps
+
+    def _stop_requested(self, interrupted: "_SigintFlag") -> bool:
+        """Whether to stop after this step. Several processes agree every training.log_every
+        steps: a scheduler's signal reaches them at different steps, and one stopping alone
+        would leave the others waiting in the next step's collectives."""
+        if jax.process_count() == 1:
+            return interrupted.is_set()
+        if self.loop.step % self.config.training.log_every:
+            return False
+        return bool(np.any(multihost_utils.process_allgather(np.bool_(interrupted.is_set()))))
 
     def _check_losses(self) -> None:
         """Add the losses of the steps since the last check to the epoch's sum, or stop the run
@@ -351,15 +393,17 @@ class _Run:
         metrics, loss = self._validation_metrics(self.valid_batches)
         row = _metric_row(self.loop, self.train_loss, loss, metrics,
                           float(learning_rate_fn(self.config.optimizer, self.total_steps)(self.loop.step)) * self.loop.lr_factor)
-        self._write_row(row)
+        if self.writer:
+            self._write_row(row)
         log.info("epoch %d step %d: train loss %.4g, valid loss %.4g, E MAE %s meV/atom, F MAE %s meV/Å, S MAE %s GPa",
                  row["epoch"], row["step"], row["train_loss"], loss, _f(row["energy_mae"]), _f(row["forces_mae"]), _f(row["stress_mae"]))
         if is_new_best(self.loop.epoch, loss, self.loop.best_epoch, self.loop.best_loss,
                        self.config.loss.last_stage_epoch):
             self._update(best_loss=loss, best_epoch=self.loop.epoch)
-            self._potential().save(self.out / "best.mlip")
-            best = {"epoch": self.loop.epoch, "step": self.loop.step, **metrics}
-            atomic_write_bytes(self.out / "best_metrics.json", json.dumps(best, indent=1).encode())
+            if self.writer:
+                self._potential().save(self.out / "best.mlip")
+                best = {"epoch": self.loop.epoch, "step": self.loop.step, **metrics}
+                atomic_write_bytes(self.out / "best_metrics.json", json.dumps(best, indent=1).encode())
         self._plateau(loss)
 
     def _plateau(self, loss: float) -> None:
@@ -405,8 +449,11 @@ class _Run:
             writer.writerow(row)
 
     def _checkpoint(self) -> Path | None:
+        """Write a checkpoint (process 0 only; None on the others). The others need not wait
+        for it: they resume only from what process 0 wrote whole (an atomic rename), and
+        `_check_processes_share` makes every process resume from the same one."""
         self._check_losses()
-        if jax.process_index() != 0:
+        if not self.writer:
             return None
         return save_checkpoint(self.out / "checkpoints", self.state, self.loop, self.model.to_dict(),
                                self.config.training.keep_checkpoints)
@@ -417,16 +464,19 @@ class _Run:
                          matmul_precision=t.matmul_precision)
 
     def _finish(self) -> TrainResult:
-        last = self._potential()
-        last.save(self.out / "last.mlip")
         best_path = self.out / "best.mlip"
-        if not best_path.exists():
-            last.save(best_path)
+        if self.writer:
+            last = self._potential()
+            last.save(self.out / "last.mlip")
+            if not best_path.exists():
+                last.save(best_path)
+        if jax.process_count() > 1:  # the others read best.mlip once process 0 has written it
+            multihost_utils.sync_global_devices("mlip train: final models written")
         best = Potential.load(best_path)
         valid = json.loads((self.out / "best_metrics.json").read_text()) if (self.out / "best_metrics.json").exists() else {}
         log.info("done: %d steps in %.0f s; best epoch %s -> %s", self.loop.step, self.loop.seconds,
                  self.loop.best_epoch, best_path)
-        if self.test_set is not None:
+        if self.test_set is not None and self.writer:
             test = self.test_set
             metrics = evaluate(best, (test[i] for i in range(len(test))), total=len(test), progress=self.progress)
             atomic_write_bytes(self.out / "test_metrics.json", json.dumps(metrics.to_dict(), indent=1).encode())

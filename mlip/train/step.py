@@ -97,6 +97,20 @@ def make_mesh(devices) -> Mesh:
     return Mesh(np.asarray(devices), ("data",))
 
 
+def replicate(tree, mesh: Mesh):
+    """``tree``'s arrays copied whole onto every device of ``mesh``: the layout in which the
+    train step returns its state, so that its first call compiles the program every later
+    call reuses (a state on one device would compile it twice). Each process supplies the
+    copies on its own devices, so this also works across hosts."""
+    sharding = NamedSharding(mesh, P())
+
+    def put(leaf):
+        value = np.asarray(jax.device_get(leaf))
+        return jax.make_array_from_callback(value.shape, sharding, lambda index: value[index])
+
+    return jax.tree.map(put, tree)
+
+
 def batch_sharding(mesh: Mesh) -> NamedSharding:
     """Stacked batches: leading (micro-batch) axis split over the devices."""
     return NamedSharding(mesh, P("data"))
