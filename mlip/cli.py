@@ -637,6 +637,10 @@ def add_parsers(commands) -> None:
 
 
 def main(argv=None) -> int:
+    if argv is None:  # the `mlip` program itself, not a call from Python (whose process it is)
+        from mlip.runtime import tune_allocator
+
+        tune_allocator()  # before JAX starts its threads (see its docstring; MLIP_SYSTEM_MALLOC=1: off)
     args = build_parser().parse_args(argv)
     # mlip's own progress at INFO; other libraries (jax's backend probing...) only at WARNING.
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")

@@ -14,6 +14,11 @@ argument (or turned on by an explicit call), is never read at import and never s
     release_compiled_programs_if_needed
                               keeps a long session clear of the memory-mapping limit at which
                               XLA:CPU crashes while compiling (see its docstring).
+    compiler_options          XLA options of mlip's model programs: on CPUs, ones that halve
+                              the compile time of each new shape at the same results and speed.
+    tune_allocator            glibc malloc settings that spare XLA:CPU's large temporary
+                              buffers a fresh mmap and page faults on every call; the `mlip`
+                              command turns them on ($MLIP_SYSTEM_MALLOC=1: off).
 
 `mlip.potential.Potential` carries ``edge_chunk``, ``kernel`` and ``matmul_precision`` as
 fields (``dataclasses.replace(potential, matmul_precision="default")``) and hands them on as
@@ -23,6 +28,7 @@ one `Runtime`; a training run takes them from ``training.kernel`` and
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import logging
 import os
@@ -70,6 +76,24 @@ class Runtime:
         if self.matmul_precision not in MATMUL_PRECISIONS:
             raise MlipError(f"matmul_precision must be one of {', '.join(MATMUL_PRECISIONS)}, "
                             f"got {self.matmul_precision!r}")
+
+
+# -- compilation -----------------------------------------------------------------------------
+
+#: XLA options of mlip's model programs on CPUs: LLVM's optimisation level 1 (XLA's default is
+#: 2) and XLA's loop emitters for fusions (instead of its newer fusion emitters). A new shape
+#: then compiles in about 40% of the time (small preset, Si 64: 1.8 instead of 4.7 CPU-s), with
+#: bit-identical results and the same call time (benchmarks/bench_compile_options.py;
+#: benchmarks/RESULTS.md, "First call and warmup"). Level 0 would compile faster still, but
+#: runs 3x slower.
+CPU_COMPILER_OPTIONS = {"xla_backend_optimization_level": 1, "xla_cpu_use_fusion_emitters": False}
+
+
+def compiler_options(platform: str | None = None) -> dict | None:
+    """XLA compiler options for mlip's model programs on ``platform`` (None: JAX's default
+    backend): CPU_COMPILER_OPTIONS on CPUs, none (XLA's defaults) elsewhere."""
+    platform = platform or jax.default_backend()
+    return dict(CPU_COMPILER_OPTIONS) if platform == "cpu" else None
 
 
 # -- the persistent compilation cache -------------------------------------------------------
@@ -236,3 +260,43 @@ def _map_limit() -> int | None:
         return int(Path("/proc/sys/vm/max_map_count").read_text())
     except (OSError, ValueError):
         return None
+
+
+# -- the C allocator -------------------------------------------------------------------------
+
+#: glibc mallopt parameters (malloc.h) -> value. XLA:CPU mallocs its temporary buffer (tens of
+#: kB per padded edge: 680 MB at Si 512) on every call; glibc serves blocks that large with a
+#: fresh mmap and unmaps them on free, so every call page-faults and zeroes all of it (a third
+#: of the wall time at Si 512: benchmarks/RESULTS.md). Without mmap for large blocks, and
+#: without trimming the heap, the block is reused; one arena, because XLA's worker thread
+#: would otherwise allocate from an arena of its own, where the same happens.
+MALLOPT_SETTINGS = {
+    -8: 1,  # M_ARENA_MAX
+    -4: 0,  # M_MMAP_MAX
+    -1: 2**31 - 1,  # M_TRIM_THRESHOLD, bytes
+    -2: 256 << 20,  # M_TOP_PAD, bytes
+}
+#: Set to 1 to leave the C allocator as it is (glibc's defaults, or the MALLOC_* variables).
+OPT_OUT_VARIABLE = "MLIP_SYSTEM_MALLOC"
+
+
+def tune_allocator() -> bool:
+    """Apply MALLOPT_SETTINGS to glibc's malloc in this process; True if applied. Process-wide
+    (memory freed stays with the process for reuse: its resident size stays at its peak), hence
+    an explicit call, which the `mlip` command makes before JAX starts its threads; the earlier,
+    the better (threads that allocated before keep their own arenas).
+
+    Left alone (False): where $MLIP_SYSTEM_MALLOC is 1, where the user set glibc's own MALLOC_*
+    variables (their choice holds), and where the C library is not glibc.
+    """
+    if os.environ.get(OPT_OUT_VARIABLE, "0") not in ("", "0"):
+        return False
+    if any(name.startswith("MALLOC_") for name in os.environ):
+        return False
+    try:
+        libc = ctypes.CDLL(None)
+        libc.gnu_get_libc_version  # glibc only: musl and macOS have no such mallopt parameters
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    return all(mallopt(parameter, value) == 1 for parameter, value in MALLOPT_SETTINGS.items())
