@@ -16,9 +16,11 @@ cutoff 5 Å, random weights, float32) go through the two user paths in turn:
 Before the timed structures, a 2-atom structure goes through both paths, so one-time start-up
 (JAX's backend, mlip's imports, the first jit) is not charged to any structure. For each
 structure and path the table gives the first call's wall time, the steady-state call time,
-their difference (the price of a new shape), and how JAX spent it, from jax.monitoring's
-duration events: tracing to a jaxpr, lowering to StableHLO, and XLA's backend compilation (or
-reading the executable from the persistent cache).
+their difference (the price of a new shape) in wall and in CPU seconds of the process (on a
+shared machine wall time also counts other processes' turns), and how JAX spent it (wall),
+from jax.monitoring's duration events: tracing to a jaxpr, lowering to StableHLO, and XLA's
+backend compilation (of every program the call compiled: the model's and small helpers'), or
+reading the executable from the persistent cache; and the cache's hits and misses.
 
 ``--xla-flags`` adds XLA flags to the child processes (to measure their effect on both the
 compile time and the steady-state call).

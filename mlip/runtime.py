@@ -14,8 +14,8 @@ argument (or turned on by an explicit call), is never read at import and never s
     release_compiled_programs_if_needed
                               keeps a long session clear of the memory-mapping limit at which
                               XLA:CPU crashes while compiling (see its docstring).
-    compiler_options          XLA options of mlip's model programs: on CPUs, ones that halve
-                              the compile time of each new shape at the same results and speed.
+    compiler_options          XLA options of mlip's model programs: on CPUs, one that cuts the
+                              compile time of each new shape by a fifth at the same speed.
     tune_allocator            glibc malloc settings that spare XLA:CPU's large temporary
                               buffers a fresh mmap and page faults on every call; the `mlip`
                               command turns them on ($MLIP_SYSTEM_MALLOC=1: off).
@@ -81,12 +81,12 @@ class Runtime:
 # -- compilation -----------------------------------------------------------------------------
 
 #: XLA options of mlip's model programs on CPUs: LLVM's optimisation level 1 (XLA's default is
-#: 2) and XLA's loop emitters for fusions (instead of its newer fusion emitters). A new shape
-#: then compiles in about 40% of the time (small preset, Si 64: 1.8 instead of 4.7 CPU-s), with
-#: bit-identical results and the same call time (benchmarks/bench_compile_options.py;
-#: benchmarks/RESULTS.md, "First call and warmup"). Level 0 would compile faster still, but
-#: runs 3x slower.
-CPU_COMPILER_OPTIONS = {"xla_backend_optimization_level": 1, "xla_cpu_use_fusion_emitters": False}
+#: 2). A new shape compiles in about 80% of the time, and runs as fast; results agree to
+#: rounding (benchmarks/bench_compile_options.py; benchmarks/RESULTS.md, "First call and
+#: warmup"). Also measured there, and not taken: XLA's loop emitters instead of its fusion
+#: emitters (``xla_cpu_use_fusion_emitters: False``) halve the compile time with level 1 but
+#: make every call 6-9% slower; level 0 compiles faster still but runs 3x slower.
+CPU_COMPILER_OPTIONS = {"xla_backend_optimization_level": 1}
 
 
 def compiler_options(platform: str | None = None) -> dict | None:
