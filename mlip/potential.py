@@ -42,7 +42,7 @@ from mlip.fileio import atomic_write_bytes, npz_bytes
 from mlip.models.config import FacetConfig, preset
 from mlip.models.facet import FacetModel
 from mlip.nn.message_passing import DEFAULT_EDGE_CHUNK
-from mlip.runtime import DEFAULT_MATMUL_PRECISION, Runtime, compiler_options, release_compiled_programs_if_needed
+from mlip.runtime import DEFAULT_MATMUL_PRECISION, Runtime, release_compiled_programs_if_needed
 
 FORMAT = "mlip-potential"
 FORMAT_VERSION = 1
@@ -131,11 +131,7 @@ def _compute(config: FacetConfig, params, batch: GraphBatch, runtime: Runtime, p
 
 @functools.lru_cache(maxsize=16)
 def _jitted(config: FacetConfig, runtime: Runtime):
-    """The jitted `compute`, for the platform of JAX's default backend (where a Potential's
-    inputs, not placed elsewhere, are computed), with mlip's compiler options there."""
-    platform = jax.default_backend()
-    return jax.jit(functools.partial(compute, config, runtime=runtime, platform=platform),
-                   compiler_options=compiler_options(platform))
+    return jax.jit(functools.partial(compute, config, runtime=runtime))
 
 
 @dataclasses.dataclass(frozen=True)

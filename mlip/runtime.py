@@ -14,8 +14,6 @@ argument (or turned on by an explicit call), is never read at import and never s
     release_compiled_programs_if_needed
                               keeps a long session clear of the memory-mapping limit at which
                               XLA:CPU crashes while compiling (see its docstring).
-    compiler_options          XLA options of mlip's model programs: on CPUs, one that cuts the
-                              compile time of each new shape by a fifth at the same speed.
     tune_allocator            glibc malloc settings that spare XLA:CPU's large temporary
                               buffers a fresh mmap and page faults on every call; the `mlip`
                               command turns them on ($MLIP_SYSTEM_MALLOC=1: off).
@@ -76,24 +74,6 @@ class Runtime:
         if self.matmul_precision not in MATMUL_PRECISIONS:
             raise MlipError(f"matmul_precision must be one of {', '.join(MATMUL_PRECISIONS)}, "
                             f"got {self.matmul_precision!r}")
-
-
-# -- compilation -----------------------------------------------------------------------------
-
-#: XLA options of mlip's model programs on CPUs: LLVM's optimisation level 1 (XLA's default is
-#: 2). A new shape compiles in about 80% of the time, and runs as fast; results agree to
-#: rounding (benchmarks/bench_compile_options.py; benchmarks/RESULTS.md, "First call and
-#: warmup"). Also measured there, and not taken: XLA's loop emitters instead of its fusion
-#: emitters (``xla_cpu_use_fusion_emitters: False``) halve the compile time with level 1 but
-#: make every call 6-9% slower; level 0 compiles faster still but runs 3x slower.
-CPU_COMPILER_OPTIONS = {"xla_backend_optimization_level": 1}
-
-
-def compiler_options(platform: str | None = None) -> dict | None:
-    """XLA compiler options for mlip's model programs on ``platform`` (None: JAX's default
-    backend): CPU_COMPILER_OPTIONS on CPUs, none (XLA's defaults) elsewhere."""
-    platform = platform or jax.default_backend()
-    return dict(CPU_COMPILER_OPTIONS) if platform == "cpu" else None
 
 
 # -- the persistent compilation cache -------------------------------------------------------

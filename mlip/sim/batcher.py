@@ -40,7 +40,7 @@ from mlip.data.frame import frame_from_atoms, validate_frame
 from mlip.data.neighbors import edge_vectors, neighbor_list
 from mlip.errors import DataError, MlipError
 from mlip.potential import Potential, PotentialOutput
-from mlip.runtime import compiler_options, release_compiled_programs_if_needed
+from mlip.runtime import release_compiled_programs_if_needed
 from mlip.sim import neighbors as nl
 from mlip.sim.engine import Engine, get, kinds, replace, select
 from mlip.sim.system import ATOM, System, compute_system, make_system, place, restore, stack, unstack
@@ -441,8 +441,7 @@ class _Functions:
             state, _, _ = jax.lax.while_loop(cond, body, (state, jnp.zeros((), jnp.int32), jnp.zeros((), bool)))
             return state
 
-        options = compiler_options()  # the model's: most of the compile time of start and chunk
-        self.blank, self.start, self.chunk = (jax.jit(f, compiler_options=options) for f in (blank, start, chunk))
+        self.blank, self.start, self.chunk = jax.jit(blank), jax.jit(start), jax.jit(chunk)
 
 
 _padded = jax.jit(nl.padded, static_argnums=0)
