@@ -28,6 +28,11 @@ from mlip.nn.dispersion import D3Dispersion, add_dispersion
 from mlip.potential import Potential, Prediction, check_finite
 from mlip.runtime import enable_compilation_cache
 
+#: Fraction by which the edge count of an MD run or a relaxation may drift from its first
+#: structure's; `Calculator.compile` compiles the edge rungs within it.
+EDGE_DRIFT = 0.1
+
+
 class SkinNeighborList:
     """A neighbour list with cutoff ``cutoff + skin``, rebuilt only when it may be stale.
 
@@ -121,16 +126,8 @@ class Calculator(AseCalculator):
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
         super().calculate(atoms, properties, system_changes)
         atoms = self.atoms
-        frame = validate_frame(frame_from_atoms(atoms), close_atoms="ignore")
-        self.potential.check_species(frame.numbers)  # before the neighbour list: fail fast
-        edges = self.neighbors.edges(atoms)
-        # Edges between r_cut and r_cut + skin contribute exactly zero: drop them before
-        # padding rather than pay for them (a 0.5 Å skin adds ~30% edges at 5 Å).
-        lengths = np.linalg.norm(edge_vectors(frame.positions, frame.cell, edges), axis=1)
-        inside = lengths < self.potential.config.r_cut
-        edges = Edges(*(array[inside] for array in edges))
-        check_min_distance(frame, edges, self.min_distance, lengths=lengths[inside])
-        graph = Graph(frame, edges.senders, edges.receivers, edges.shifts)
+        graph = self._graph(atoms)
+        frame = graph.frame
         shape = self.ladder.shape_for(graph.n_node, graph.n_edge, 1)
         out = self.potential(collate([graph], *shape, labels=False))
         n = len(atoms)
@@ -150,6 +147,35 @@ class Calculator(AseCalculator):
         }
         if self.compute_stress and result.stress is not None:
             self.results["stress"] = full_3x3_to_voigt_6_stress(result.stress)
+
+    def compile(self, atoms: ase.Atoms, edge_drift: float = EDGE_DRIFT) -> int:
+        """Compile, without running, the programs a calculation on ``atoms`` uses: its padded
+        shape and those of edge counts within ``edge_drift`` (a fraction) of its own, which an
+        MD run or a relaxation of it may reach (`Potential.compile`; for `mlip warmup`).
+        Returns how many distinct shapes."""
+        graph = self._graph(atoms)
+        shapes = {self.ladder.shape_for(graph.n_node, max(round(graph.n_edge * f), 1), 1)
+                  for f in (1 - edge_drift, 1.0, 1 + edge_drift)}
+        batch = collate([graph], *max(shapes), labels=False)
+        for n_node, n_edge, n_graph in shapes:
+            edges = slice(0, n_edge)  # values do not matter to the compiler, only shapes
+            self.potential.compile(batch._replace(
+                senders=batch.senders[edges], receivers=batch.receivers[edges], shifts=batch.shifts[edges],
+                edge_mask=batch.edge_mask[edges]))
+        return len(shapes)
+
+    def _graph(self, atoms: ase.Atoms) -> Graph:
+        """The radius graph of ``atoms`` (validated), from the skin neighbour list."""
+        frame = validate_frame(frame_from_atoms(atoms), close_atoms="ignore")
+        self.potential.check_species(frame.numbers)  # before the neighbour list: fail fast
+        edges = self.neighbors.edges(atoms)
+        # Edges between r_cut and r_cut + skin contribute exactly zero: drop them before
+        # padding rather than pay for them (a 0.5 Å skin adds ~30% edges at 5 Å).
+        lengths = np.linalg.norm(edge_vectors(frame.positions, frame.cell, edges), axis=1)
+        inside = lengths < self.potential.config.r_cut
+        edges = Edges(*(array[inside] for array in edges))
+        check_min_distance(frame, edges, self.min_distance, lengths=lengths[inside])
+        return Graph(frame, edges.senders, edges.receivers, edges.shifts)
 
     def get_hessian(self, atoms: ase.Atoms | None = None) -> np.ndarray:
         """Hessian d^2E/dR dR of ``atoms`` (default: the last structure calculated), [3N, 3N]

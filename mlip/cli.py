@@ -167,6 +167,9 @@ def _cmd_predict(args) -> None:
         dispersion = D3Dispersion.from_name("d3bj", "float64" if jax.config.jax_enable_x64 else "float32")
     report = ReadReport()
     frames = read_frames(args.structure, require_labels=False, report=report, **_read_options(args))
+    if args.compile_only:  # mlip warmup
+        potential.compile_frames(frames, max_nodes=args.batch_nodes)
+        return
     # Streamed: each batch is printed as soon as it is computed, in bounded memory.
     for frame, result in potential.predict_frames(frames, max_nodes=args.batch_nodes):
         if dispersion is not None:
@@ -294,6 +297,9 @@ def _relax_ase(args, atoms, output) -> None:
     from mlip.sim.ase import relax, summary, write_structure
 
     atoms = _attach_calculator(atoms, args)
+    if args.compile_only:  # mlip warmup
+        atoms.calc.compile(atoms)
+        return
     trajectory = args.traj or output.with_suffix(".traj")
     print(f"initial: {summary(atoms)}")
     converged = relax(
@@ -318,7 +324,10 @@ def _relax_device(args, structures, output) -> None:
     start = time.perf_counter()
     results = sim.relax(potential, structures, fmax=args.fmax, relax_cell=args.cell, max_steps=args.steps,
                         pressure=args.pressure, optimizer=args.optimizer,
-                        budget=sim.Budget(max_atoms=args.batch_atoms), progress=not args.quiet)
+                        budget=sim.Budget(max_atoms=args.batch_atoms), progress=not args.quiet,
+                        compile_only=args.compile_only)
+    if args.compile_only:  # mlip warmup
+        return
     seconds = time.perf_counter() - start
     for result in results:
         result.atoms.info.update(relax_status=result.status, relax_steps=result.steps)
@@ -356,6 +365,9 @@ def _md_ase(args, atoms) -> None:
     from mlip.sim.ase import run_md, summary, write_structure
 
     atoms = _attach_calculator(atoms, args)
+    if args.compile_only:  # mlip warmup
+        atoms.calc.compile(atoms)
+        return
     print(f"initial: {summary(atoms)}")
     stats = run_md(
         atoms, ensemble=args.ensemble, temperature=args.temperature, steps=args.steps, pressure=args.pressure,
@@ -386,8 +398,10 @@ def _md_device(args, structures) -> None:
         temperature=args.temperature, init_temperature=args.temperature, pressure=args.pressure,
         friction=parameters.friction, tau=parameters.tau, tau_p=parameters.tau_p, seed=args.seed,
         interval=args.interval, max_drift=args.max_drift or None, budget=sim.Budget(max_atoms=args.batch_atoms),
-        progress=not args.quiet,
+        progress=not args.quiet, compile_only=args.compile_only,
     )
+    if args.compile_only:  # mlip warmup
+        return
     seconds = time.perf_counter() - start
     if args.log:
         lines = ["frame step potential_energy_eV kinetic_energy_eV conserved_eV temperature_K volume_A3"]
@@ -466,7 +480,8 @@ def add_command(commands, name: str, run, *, help: str, description: str) -> arg
 
 
 #: Modules whose ``add_parsers(commands)`` register subcommands, in the order `mlip -h` lists them.
-COMMAND_MODULES = ("mlip.cli", "mlip.distill.commands", "mlip.materials.commands", "mlip.deploy_commands")
+COMMAND_MODULES = ("mlip.cli", "mlip.distill.commands", "mlip.materials.commands", "mlip.deploy_commands",
+                   "mlip.warmup")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -474,6 +489,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog="mlip", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.set_defaults(compile_only=False)  # `mlip warmup` sets it: compile, do not run
     commands = parser.add_subparsers(dest="command", required=True)
     for module in COMMAND_MODULES:
         importlib.import_module(module).add_parsers(commands)
@@ -631,6 +647,10 @@ def add_parsers(commands) -> None:
 
 
 def main(argv=None) -> int:
+    if argv is None:  # the `mlip` program itself, not a call from Python (whose process it is)
+        from mlip.runtime import tune_allocator
+
+        tune_allocator()  # before JAX starts its threads (see its docstring; MLIP_SYSTEM_MALLOC=1: off)
     args = build_parser().parse_args(argv)
     # mlip's own progress at INFO; other libraries (jax's backend probing...) only at WARNING.
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")

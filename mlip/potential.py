@@ -204,11 +204,18 @@ class Potential:
         """Energy, forces, stress for a padded batch (see mlip.data.graph.collate)."""
         release_compiled_programs_if_needed()  # between calls: no trace is under way
         self.check_species(np.asarray(batch.numbers)[np.asarray(batch.node_mask)])
+        return _jitted(self.config, self.runtime)(self.params, self._cast(batch))
+
+    def compile(self, batch: GraphBatch) -> None:
+        """Compile the program of ``batch``'s padded shape (`GraphBatch.shape`) without running
+        it. With JAX's persistent compilation cache on (`mlip.runtime.enable_compilation_cache`)
+        the program is written there, so that a later process calling this potential on a batch
+        of that shape reads it instead of compiling (`mlip warmup`)."""
+        _jitted(self.config, self.runtime).lower(self.params, self._cast(batch)).compile()
+
+    def _cast(self, batch: GraphBatch) -> GraphBatch:
         dtype = jnp.dtype(self.dtype)
-        batch = batch._replace(
-            positions=jnp.asarray(batch.positions, dtype), cell=jnp.asarray(batch.cell, dtype)
-        )
-        return _jitted(self.config, self.runtime)(self.params, batch)
+        return batch._replace(positions=jnp.asarray(batch.positions, dtype), cell=jnp.asarray(batch.cell, dtype))
 
     def predict(self, structures: Iterable[Frame | ase.Atoms], **budget) -> list[Prediction]:
         """Energy, per-atom energies, forces and stress of each structure, in input order.
@@ -231,9 +238,7 @@ class Potential:
         so memory stays bounded whatever the number of structures. A non-finite energy, force
         or stress is a DataError naming the frame, never a silent nan.
         """
-        max_edges = 48 * max_nodes if max_edges is None else max_edges
-        graphs = (self._graph(s, k) for k, s in enumerate(structures))
-        for group, batch in padded_batches(graphs, max_nodes, max_edges, max_graphs, labels=False):
+        for group, batch in self._batches(structures, max_nodes, max_edges, max_graphs):
             out = jax.tree.map(np.asarray, self(batch))
             start = 0
             for g, graph in enumerate(group):
@@ -246,6 +251,23 @@ class Potential:
                     stress=out.stress[g] if out.stress_mask[g] else None,
                 )
                 yield graph.frame, check_finite(prediction, graph.frame)
+
+    def compile_frames(self, structures: Iterable[Frame | ase.Atoms], *, max_nodes: int = 1024,
+                       max_edges: int | None = None, max_graphs: int = 256) -> int:
+        """Compile, without running, the programs `predict_frames` would run on ``structures``
+        with this budget (`compile`; for `mlip warmup`); returns how many distinct shapes."""
+        shapes = set()
+        for _, batch in self._batches(structures, max_nodes, max_edges, max_graphs):
+            if batch.shape not in shapes:
+                shapes.add(batch.shape)
+                self.compile(batch)
+        return len(shapes)
+
+    def _batches(self, structures, max_nodes, max_edges, max_graphs):
+        """(graphs, padded batch) pairs of `predict_frames`."""
+        max_edges = 48 * max_nodes if max_edges is None else max_edges
+        graphs = (self._graph(s, k) for k, s in enumerate(structures))
+        return padded_batches(graphs, max_nodes, max_edges, max_graphs, labels=False)
 
     def _graph(self, structure: Frame | ase.Atoms, index: int) -> Graph:
         frame = structure if isinstance(structure, Frame) else frame_from_atoms(structure, index=index)

@@ -14,6 +14,9 @@ argument (or turned on by an explicit call), is never read at import and never s
     release_compiled_programs_if_needed
                               keeps a long session clear of the memory-mapping limit at which
                               XLA:CPU crashes while compiling (see its docstring).
+    tune_allocator            glibc malloc settings that spare XLA:CPU's large temporary
+                              buffers a fresh mmap and page faults on every call; the `mlip`
+                              command turns them on ($MLIP_SYSTEM_MALLOC=1: off).
 
 `mlip.potential.Potential` carries ``edge_chunk``, ``kernel`` and ``matmul_precision`` as
 fields (``dataclasses.replace(potential, matmul_precision="default")``) and hands them on as
@@ -23,6 +26,7 @@ one `Runtime`; a training run takes them from ``training.kernel`` and
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import logging
 import os
@@ -236,3 +240,43 @@ def _map_limit() -> int | None:
         return int(Path("/proc/sys/vm/max_map_count").read_text())
     except (OSError, ValueError):
         return None
+
+
+# -- the C allocator -------------------------------------------------------------------------
+
+#: glibc mallopt parameters (malloc.h) -> value. XLA:CPU mallocs its temporary buffer (tens of
+#: kB per padded edge: 680 MB at Si 512) on every call; glibc serves blocks that large with a
+#: fresh mmap and unmaps them on free, so every call page-faults and zeroes all of it (a third
+#: of the wall time at Si 512: benchmarks/RESULTS.md). Without mmap for large blocks, and
+#: without trimming the heap, the block is reused; one arena, because XLA's worker thread
+#: would otherwise allocate from an arena of its own, where the same happens.
+MALLOPT_SETTINGS = {
+    -8: 1,  # M_ARENA_MAX
+    -4: 0,  # M_MMAP_MAX
+    -1: 2**31 - 1,  # M_TRIM_THRESHOLD, bytes
+    -2: 256 << 20,  # M_TOP_PAD, bytes
+}
+#: Set to 1 to leave the C allocator as it is (glibc's defaults, or the MALLOC_* variables).
+OPT_OUT_VARIABLE = "MLIP_SYSTEM_MALLOC"
+
+
+def tune_allocator() -> bool:
+    """Apply MALLOPT_SETTINGS to glibc's malloc in this process; True if applied. Process-wide
+    (memory freed stays with the process for reuse: its resident size stays at its peak), hence
+    an explicit call, which the `mlip` command makes before JAX starts its threads; the earlier,
+    the better (threads that allocated before keep their own arenas).
+
+    Left alone (False): where $MLIP_SYSTEM_MALLOC is 1, where the user set glibc's own MALLOC_*
+    variables (their choice holds), and where the C library is not glibc.
+    """
+    if os.environ.get(OPT_OUT_VARIABLE, "0") not in ("", "0"):
+        return False
+    if any(name.startswith("MALLOC_") for name in os.environ):
+        return False
+    try:
+        libc = ctypes.CDLL(None)
+        libc.gnu_get_libc_version  # glibc only: musl and macOS have no such mallopt parameters
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    return all(mallopt(parameter, value) == 1 for parameter, value in MALLOPT_SETTINGS.items())

@@ -111,12 +111,15 @@ def run(
     skin: float = 0.5,
     budget: Budget = Budget(),
     progress: bool = False,
+    compile_only: bool = False,
 ) -> list[Result]:
     """Run ``engine`` (mlip.sim.engine.Engine: mlip.sim.relax's and mlip.sim.md's) over all
     ``structures`` (ase.Atoms); one Result per structure, in input order.
 
     The potential's runtime choices (matmul precision, kernel, edge chunk) hold, as at every
-    call site (mlip.runtime).
+    call site (mlip.runtime). ``compile_only``: take no step; compile the device functions
+    the run would use (into the persistent compilation cache when it is on: `mlip warmup`)
+    and return an empty list.
     """
     structures = list(structures)
     for k, atoms in enumerate(structures):
@@ -127,7 +130,11 @@ def run(
         except MlipError as exc:
             raise MlipError(f"structure {k}: {exc}") from None
     release_compiled_programs_if_needed()
-    return _Runner(potential, engine, skin, budget, structures).run(progress)
+    runner = _Runner(potential, engine, skin, budget, structures)
+    if compile_only:
+        runner.compile()
+        return []
+    return runner.run(progress)
 
 
 class _Runner:
@@ -170,7 +177,7 @@ class _Runner:
         for k, atoms in enumerate(self.structures):
             if k in self.invalid:
                 self._fail(k, {}, INVALID, self.invalid[k])
-            elif len(atoms) > self.budget.max_atoms or self.edges[k] > self.max_edges:
+            elif self._too_large(k):
                 self._fail(k, self.records[k], TOO_LARGE, f"{len(atoms)} atoms and {self.edges[k]} edges "
                            f"exceed the batch budget ({self.budget.max_atoms} atoms, {self.max_edges} edges)")
             else:
@@ -188,6 +195,27 @@ class _Runner:
             bar.set_postfix_str(f"{bar.n / (time.perf_counter() - start):.2f} structures/s", refresh=False)
         bar.close()
         return self.results
+
+    def compile(self) -> None:
+        """Compile the device functions of the first batch without stepping: packing it runs
+        ``blank`` and ``start``; ``chunk`` is compiled alone. Later batches keep its shape, so
+        they reuse these (unless the neighbour list outgrows its capacity during the run)."""
+        queue = collections.deque(k for k in range(len(self.structures))
+                                  if k not in self.invalid and not self._too_large(k))
+        if not queue:
+            return
+        slots = self._admit([], queue)
+        state = self._pack(slots)
+        fns = _compiled(self.engine, self.potential.config, self.spec, self.potential.runtime)
+        fns.chunk.lower(self.potential.params, state, self.budget.chunk, self._min_done(len(slots), queue)).compile()
+
+    def _too_large(self, k: int) -> bool:
+        return len(self.structures[k]) > self.budget.max_atoms or self.edges[k] > self.max_edges
+
+    def _min_done(self, real: int, queue) -> int:
+        """Finished structures at which a chunk returns to the host: enough to refill while
+        structures wait, else all ``real`` ones."""
+        return max(1, math.ceil(self.budget.refill_fraction * real)) if queue else real
 
     def _admit(self, slots, queue) -> list[_Slot]:
         added = []
@@ -231,8 +259,7 @@ class _Runner:
 
     def _advance(self, state, queue):
         """Run one chunk on the device; grow the neighbour list and retry on overflow."""
-        real = int(np.sum(np.asarray(state.system.graph_mask)))
-        min_done = max(1, math.ceil(self.budget.refill_fraction * real)) if queue else real
+        min_done = self._min_done(int(np.sum(np.asarray(state.system.graph_mask))), queue)
         while True:
             fns = _compiled(self.engine, self.potential.config, self.spec, self.potential.runtime)
             state = fns.chunk(self.potential.params, state, self.budget.chunk, min_done)

@@ -62,6 +62,7 @@ def relax(
     skin: float = 0.5,
     budget: Budget = Budget(),
     progress: bool = False,
+    compile_only: bool = False,
 ) -> list[Result]:
     """Relax every structure on the device; results in input order.
 
@@ -79,6 +80,8 @@ def relax(
         skin: Verlet skin of the device neighbour list, Å.
         budget: batch sizes (mlip.sim.batcher.Budget).
         progress: show a progress bar (structures/s).
+        compile_only: take no step: compile the programs the run would use (into the
+            persistent compilation cache when it is on: `mlip warmup`) and return [].
 
     Returns:
         one mlip.sim.batcher.Result per structure: final atoms (with a SinglePointCalculator),
@@ -89,4 +92,5 @@ def relax(
         raise MlipError(f"relax needs fmax > 0 and max_steps >= 0 (got fmax={fmax}, max_steps={max_steps})")
     engine = relax_engine(fmax=float(fmax), max_steps=int(max_steps), relax_cell=bool(relax_cell),
                           pressure=float(pressure) / EV_PER_A3_TO_GPA, optimizer=optimizer)
-    return run(potential, structures, engine, skin=skin, budget=budget, progress=progress)
+    return run(potential, structures, engine, skin=skin, budget=budget, progress=progress,
+               compile_only=compile_only)
