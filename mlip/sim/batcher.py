@@ -39,6 +39,7 @@ from tqdm.auto import tqdm
 from mlip.data.frame import frame_from_atoms, validate_frame
 from mlip.data.neighbors import edge_vectors, neighbor_list
 from mlip.errors import DataError, MlipError
+from mlip.nn.dispersion import d3_tables, dispersion_params
 from mlip.potential import Potential, PotentialOutput
 from mlip.runtime import release_compiled_programs_if_needed
 from mlip.sim import neighbors as nl
@@ -111,12 +112,15 @@ def run(
     skin: float = 0.5,
     budget: Budget = Budget(),
     progress: bool = False,
+    dispersion: str | None = None,
 ) -> list[Result]:
     """Run ``engine`` (mlip.sim.engine.Engine: mlip.sim.relax's and mlip.sim.md's) over all
     ``structures`` (ase.Atoms); one Result per structure, in input order.
 
     The potential's runtime choices (matmul precision, kernel, edge chunk) hold, as at every
-    call site (mlip.runtime).
+    call site (mlip.runtime). ``dispersion``: None, or "d3bj" to add D3(BJ) dispersion with
+    PBE parameters (mlip.nn.dispersion) to the energy, forces and stress: the device list then
+    reaches the D3 cutoff (31.75 Å + skin), and the model reads the pairs within its own.
     """
     structures = list(structures)
     for k, atoms in enumerate(structures):
@@ -126,25 +130,30 @@ def run(
             potential.check_species(atoms.numbers[(atoms.numbers >= 1) & (atoms.numbers <= 118)])
         except MlipError as exc:
             raise MlipError(f"structure {k}: {exc}") from None
+    d3 = None
+    if dispersion is not None:
+        d3 = dispersion_params(dispersion)
+        d3_tables(potential.config.species)  # an element without D3 data fails here, not in a trace
     release_compiled_programs_if_needed()
-    return _Runner(potential, engine, skin, budget, structures).run(progress)
+    return _Runner(potential, engine, skin, budget, structures, d3).run(progress)
 
 
 class _Runner:
     """The host loop of `run` (one instance per call)."""
 
-    def __init__(self, potential, engine, skin, budget, structures):
-        self.potential, self.engine, self.budget = potential, engine, budget
+    def __init__(self, potential, engine, skin, budget, structures, dispersion):
+        self.potential, self.engine, self.budget, self.dispersion = potential, engine, budget, dispersion
         self.dtype = jnp.dtype(potential.dtype)
         self.structures = structures
         self.results: list[Result | None] = [None] * len(structures)
         self.logs: dict[int, list] = {}  # per-chunk observations of running structures
-        cutoff = potential.config.r_cut
+        cutoff = potential.config.r_cut  # the model's; the list's reaches D3's when it is on
+        outer = max(cutoff, dispersion.cutoff) if dispersion is not None else cutoff
         self.invalid = {k: problem for k, a in enumerate(structures) if (problem := _invalid(a, k))}
         placed = [place(a) if k not in self.invalid else (None, None) for k, a in enumerate(structures)]
         self.records = [rec for rec, _ in placed]
         self.placements = [placement for _, placement in placed]
-        self.edges, within = _edge_counts(self.records, cutoff, skin)
+        self.edges, within = _edge_counts(self.records, outer + skin, cutoff)
         sizes = np.array([0 if rec is None else len(rec["numbers"]) for rec in self.records], np.int64)
         # The batch is no larger than the whole input needs (a few structures pad to little).
         atom_slots = int(min(budget.max_atoms, max(sizes.sum(), 1)))
@@ -154,11 +163,11 @@ class _Runner:
             return max(1, math.ceil(density * atom_slots * budget.growth))
 
         self.max_edges = budget.max_edges or slots_for(self.edges)
-        images = np.max([nl.images_needed(r["cell"], r["pbc"], cutoff + skin) for r in self.records if r is not None]
+        images = np.max([nl.images_needed(r["cell"], r["pbc"], outer + skin) for r in self.records if r is not None]
                         or [[0, 0, 0]], axis=0)
         self.spec = nl.NeighborSpec(
-            cutoff, skin, self.max_edges, max(int(sizes.max(initial=0)), 1), tuple(int(n) for n in images),
-            active_capacity=min(slots_for(within), self.max_edges),
+            outer, skin, self.max_edges, max(int(sizes.max(initial=0)), 1), tuple(int(n) for n in images),
+            active_capacity=min(slots_for(within), self.max_edges), active_cutoff=cutoff,
         )
         valid = len(structures) - len(self.invalid)
         self.shape = (atom_slots + 1, min(budget.max_structures, max(valid, 1)) + 1)
@@ -214,7 +223,7 @@ class _Runner:
             self.spec = nl.grown(self.spec, system.neighbors, self.budget.growth)
         options = stack([self.engine.options(self.structures[s.index], s.index) for s in slots],
                         self.engine.option_kinds, n_node, n_graph)
-        fns = _compiled(self.engine, self.potential.config, self.spec, self.potential.runtime)
+        fns = _compiled(self.engine, self.potential.config, self.spec, self.potential.runtime, self.dispersion)
         fresh = fns.blank(system, options)
         started = [s for s in slots if s.started]
         carried = fresh
@@ -234,7 +243,7 @@ class _Runner:
         real = int(np.sum(np.asarray(state.system.graph_mask)))
         min_done = max(1, math.ceil(self.budget.refill_fraction * real)) if queue else real
         while True:
-            fns = _compiled(self.engine, self.potential.config, self.spec, self.potential.runtime)
+            fns = _compiled(self.engine, self.potential.config, self.spec, self.potential.runtime, self.dispersion)
             state = fns.chunk(self.potential.params, state, self.budget.chunk, min_done)
             neighbors = state.system.neighbors
             if not bool(neighbors.overflow):
@@ -315,13 +324,13 @@ class _Runner:
                       self.logs.pop(index, []))
 
 
-def _edge_counts(records: list[dict | None], cutoff: float, skin: float) -> tuple[np.ndarray, np.ndarray]:
-    """int [S] each: edges of every record within ``cutoff + skin`` and within ``cutoff`` (Å),
-    zero for None (an invalid structure)."""
+def _edge_counts(records: list[dict | None], radius: float, cutoff: float) -> tuple[np.ndarray, np.ndarray]:
+    """int [S] each: edges of every record within ``radius`` (the list's: cutoff + skin) and
+    within ``cutoff`` (the model's), Å; zero for None (an invalid structure)."""
     edges, within = np.zeros((2, len(records)), np.int64)
     for k, rec in enumerate(records):
         if rec is not None:
-            listed = neighbor_list(rec["positions"], rec["cell"], rec["pbc"], cutoff + skin)
+            listed = neighbor_list(rec["positions"], rec["cell"], rec["pbc"], radius)
             lengths = np.linalg.norm(edge_vectors(rec["positions"], rec["cell"], listed), axis=1)
             edges[k], within[k] = len(lengths), np.sum(lengths < cutoff)
     return edges, within
@@ -371,11 +380,13 @@ def _no_forces(system: System) -> PotentialOutput:
 
 
 class _Functions:
-    """The jitted device functions of one (engine, model config, neighbour spec, runtime)."""
+    """The jitted device functions of one (engine, model config, neighbour spec, runtime,
+    dispersion parameters or None)."""
 
-    def __init__(self, engine: Engine, config, spec, runtime):
+    def __init__(self, engine: Engine, config, spec, runtime, dispersion):
         def build(params):
-            return engine.dynamics(functools.partial(compute_system, config, params, runtime=runtime), spec)
+            energy_fn = functools.partial(compute_system, config, params, runtime=runtime, dispersion=dispersion)
+            return engine.dynamics(energy_fn, spec)
 
         def blank(system, options):
             # init with a stand-in potential: every field but the forces, without tracing
@@ -434,11 +445,11 @@ class _Keyed:
         return isinstance(other, _Keyed) and self.engine.key == other.engine.key
 
 
-def _compiled(engine: Engine, config, spec, runtime) -> _Functions:
+def _compiled(engine: Engine, config, spec, runtime, dispersion) -> _Functions:
     """The compiled device functions of ``engine`` (cached by its key)."""
-    return _compiled_by_key(_Keyed(engine), config, spec, runtime)
+    return _compiled_by_key(_Keyed(engine), config, spec, runtime, dispersion)
 
 
 @functools.lru_cache(maxsize=32)
-def _compiled_by_key(keyed: _Keyed, config, spec, runtime) -> _Functions:
-    return _Functions(keyed.engine, config, spec, runtime)
+def _compiled_by_key(keyed: _Keyed, config, spec, runtime, dispersion) -> _Functions:
+    return _Functions(keyed.engine, config, spec, runtime, dispersion)

@@ -114,6 +114,7 @@ def md(
     skin: float = 0.5,
     budget: Budget | None = None,
     progress: bool = False,
+    dispersion: str | None = None,
 ) -> list[Result]:
     """Run ``steps`` of MD on every structure, batched on the device; results in input order.
 
@@ -135,6 +136,9 @@ def md(
             further than this from its start fails with status "failed: energy drift" instead
             of "completed" (None: no check). A healthy run drifts by far less (~1e-4).
         budget: batch sizes (default mlip.sim.batcher.Budget); its chunk is set to ``interval``.
+        dispersion: None, or "d3bj": add D3(BJ) dispersion with PBE parameters (two-body,
+            mlip.nn.dispersion) to the energy, forces and stress, as
+            ``Calculator(dispersion="d3bj")`` does on the ASE path.
 
     FixAtoms and FixCartesian constraints hold (not in the NPT ensembles, whose barostat moves
     every atom).
@@ -157,4 +161,5 @@ def md(
                        init_temperature=None if init_temperature is None else float(init_temperature),
                        interval=int(interval), max_drift=None if max_drift is None else float(max_drift))
     budget = dataclasses.replace(budget or Budget(), chunk=interval)
-    return run(potential, structures, engine, skin=skin, budget=budget, progress=progress)
+    return run(potential, structures, engine, skin=skin, budget=budget, progress=progress,
+               dispersion=dispersion)

@@ -62,6 +62,7 @@ def relax(
     skin: float = 0.5,
     budget: Budget = Budget(),
     progress: bool = False,
+    dispersion: str | None = None,
 ) -> list[Result]:
     """Relax every structure on the device; results in input order.
 
@@ -79,6 +80,9 @@ def relax(
         skin: Verlet skin of the device neighbour list, Å.
         budget: batch sizes (mlip.sim.batcher.Budget).
         progress: show a progress bar (structures/s).
+        dispersion: None, or "d3bj": add D3(BJ) dispersion with PBE parameters (two-body,
+            mlip.nn.dispersion) to the energy, forces and stress, as
+            ``Calculator(dispersion="d3bj")`` does on the ASE path.
 
     Returns:
         one mlip.sim.batcher.Result per structure: final atoms (with a SinglePointCalculator),
@@ -89,4 +93,5 @@ def relax(
         raise MlipError(f"relax needs fmax > 0 and max_steps >= 0 (got fmax={fmax}, max_steps={max_steps})")
     engine = relax_engine(fmax=float(fmax), max_steps=int(max_steps), relax_cell=bool(relax_cell),
                           pressure=float(pressure) / EV_PER_A3_TO_GPA, optimizer=optimizer)
-    return run(potential, structures, engine, skin=skin, budget=budget, progress=progress)
+    return run(potential, structures, engine, skin=skin, budget=budget, progress=progress,
+               dispersion=dispersion)
