@@ -77,8 +77,8 @@ def main():
         plain, plain_first = _batched_seconds_per_step(potential, atoms, args.steps, None)
         with_d3, d3_first = _batched_seconds_per_step(potential, atoms, args.steps, "d3bj")
         print(f"{len(atoms)} atoms, {args.dtype}, batched engine: {plain * 1e3:.0f} ms per step without D3, "
-              f"{with_d3 * 1e3:.0f} ms with D3 ({with_d3 / plain:.2f}x; first runs of {args.steps} steps "
-              f"{plain_first:.1f} s and {d3_first:.1f} s with compilation)", flush=True)
+              f"{with_d3 * 1e3:.0f} ms with D3 ({with_d3 / plain:.2f}x; a first run of {args.steps} "
+              f"steps with compilation: {plain_first:.1f} s and {d3_first:.1f} s)", flush=True)
         if args.skip_calculator:
             continue
         start = time.perf_counter()

@@ -42,8 +42,9 @@ def _calculated(potential, atoms, dispersion):
 
 def test_batched_energy_forces_stress_equal_the_calculator(potential):
     structures = _structures()
-    # Zero steps: the results at the input geometry, all three structures in one batch.
-    results = relax(potential, structures, max_steps=0, dispersion="d3bj")
+    # Zero steps: the results at the input geometry, all three structures in one batch (fmax
+    # 100: "converged", as the command-line test below, which then reuses this compilation).
+    results = relax(potential, structures, fmax=100.0, max_steps=0, dispersion="d3bj")
     for atoms, result in zip(structures, results):
         energy, forces, stress = _calculated(potential, atoms, "d3bj")
         assert abs(result.energy - energy) < 1e-6
@@ -77,11 +78,12 @@ def test_unknown_dispersion_is_a_one_line_error(potential):
 def test_d3_runs_on_the_batched_engine_from_the_command_line(potential, tmp_path, capsys):
     import ase.io
 
-    model, source, output = tmp_path / "model.mlip", tmp_path / "two.xyz", tmp_path / "out.extxyz"
+    model, source, output = tmp_path / "model.mlip", tmp_path / "three.xyz", tmp_path / "out.extxyz"
     potential.save(model)
-    structures = _structures()[:2]
+    structures = _structures()
     ase.io.write(source, structures)
-    assert main(["md", str(source), "--model", str(model), "--d3", "--steps", "0", "-o", str(output), "-q"]) == 0
-    assert "2 structures" in capsys.readouterr().out
+    assert main(["relax", str(source), "--model", str(model), "--d3", "--steps", "0", "--fmax", "100", "-o",
+                 str(output), "-q"]) == 0
+    assert "relaxed 3 structures" in capsys.readouterr().out
     for atoms, written in zip(structures, ase.io.read(output, ":")):
         assert written.get_potential_energy() == pytest.approx(_calculated(potential, atoms, "d3bj")[0], abs=1e-6)

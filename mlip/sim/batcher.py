@@ -51,6 +51,11 @@ CONVERGED, UNCONVERGED, COMPLETED = "converged", "not converged", "completed"
 NON_FINITE, TOO_LARGE, INVALID = "failed: non-finite", "failed: too large", "failed: invalid structure"
 DRIFT = "failed: energy drift"
 
+#: The first image box is searched for a radius this much longer than the list's, so that a cell
+#: shrinking by up to 5% (a cell relaxation, NPT) keeps it: a larger box is a recompilation, and
+#: at D3's 32 Å radius a 5.43 Å Si cell needs one more image after shrinking by 1%.
+IMAGE_MARGIN = 1.05
+
 
 @dataclasses.dataclass(frozen=True)
 class Budget:
@@ -163,8 +168,8 @@ class _Runner:
             return max(1, math.ceil(density * atom_slots * budget.growth))
 
         self.max_edges = budget.max_edges or slots_for(self.edges)
-        images = np.max([nl.images_needed(r["cell"], r["pbc"], outer + skin) for r in self.records if r is not None]
-                        or [[0, 0, 0]], axis=0)
+        images = np.max([nl.images_needed(r["cell"], r["pbc"], (outer + skin) * IMAGE_MARGIN)
+                         for r in self.records if r is not None] or [[0, 0, 0]], axis=0)
         self.spec = nl.NeighborSpec(
             outer, skin, self.max_edges, max(int(sizes.max(initial=0)), 1), tuple(int(n) for n in images),
             active_capacity=min(slots_for(within), self.max_edges), active_cutoff=cutoff,
