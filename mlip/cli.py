@@ -283,7 +283,7 @@ def _cmd_relax(args) -> None:
     # Next to the input, except for the bundled structure: never write into the installed package.
     folder = Path.cwd() if args.structure == bundled_structure() else args.structure.parent
     output = args.output or folder / (args.structure.stem + "-relaxed.extxyz")
-    engine = _engine(args, structures, **{"--traj": args.traj, "--d3": args.d3,
+    engine = _engine(args, structures, **{"--traj": args.traj,
                                           f"--optimizer {args.optimizer}": args.optimizer not in DEVICE_OPTIMIZERS})
     if engine == "device":
         return _relax_device(args, structures, output)
@@ -325,7 +325,7 @@ def _relax_device(args, structures, output) -> None:
     results = sim.relax(potential, structures, fmax=args.fmax, relax_cell=args.cell, max_steps=args.steps,
                         pressure=args.pressure, optimizer=args.optimizer,
                         budget=sim.Budget(max_atoms=args.batch_atoms), progress=not args.quiet,
-                        compile_only=args.compile_only)
+                        compile_only=args.compile_only, dispersion="d3bj" if args.d3 else None)
     if args.compile_only:  # mlip warmup
         return
     seconds = time.perf_counter() - start
@@ -355,7 +355,7 @@ def _md_parameters(args):
 
 def _cmd_md(args) -> None:
     structures = _read_structures(args)
-    if _engine(args, structures, **{"--traj": args.traj, "--d3": args.d3}) == "device":
+    if _engine(args, structures, **{"--traj": args.traj}) == "device":
         return _md_device(args, structures)
     _md_ase(args, structures[0])
 
@@ -399,6 +399,7 @@ def _md_device(args, structures) -> None:
         friction=parameters.friction, tau=parameters.tau, tau_p=parameters.tau_p, seed=args.seed,
         interval=args.interval, max_drift=args.max_drift or None, budget=sim.Budget(max_atoms=args.batch_atoms),
         progress=not args.quiet, compile_only=args.compile_only,
+        dispersion="d3bj" if args.d3 else None,
     )
     if args.compile_only:  # mlip warmup
         return
@@ -460,7 +461,7 @@ def _add_simulation_options(parser: argparse.ArgumentParser) -> None:
                         help="potential file (from mlip train or mlip create); default: the bundled mlearn Si model")
     parser.add_argument("--dtype", choices=["float32", "float64"], default=None, help="cast the potential (default: as saved)")
     parser.add_argument("--d3", action="store_true", help="add Grimme's D3(BJ) dispersion with PBE parameters (two-body) to energy, forces and "
-                        "stress (the ASE path, one structure: not yet in the batched engine)")
+                        "stress (both engines)")
     parser.add_argument("--engine", choices=["device", "ase"], default="device",
                         help="device (default): mlip.sim's batched engine, any number of structures; ase: "
                         "one structure through ASE's optimisers and integrators (also chosen by --traj and "

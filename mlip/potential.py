@@ -83,22 +83,26 @@ def species_table(config: FacetConfig) -> np.ndarray:
 
 
 def compute(config: FacetConfig, params, batch: GraphBatch, runtime: Runtime | None = None,
-            platform: str | None = None) -> PotentialOutput:
+            platform: str | None = None, extra_energies=None) -> PotentialOutput:
     """Energy, forces and stress of ``batch`` (traceable; `Potential.__call__` jits it).
 
     ``runtime``: how (mlip.runtime.Runtime; None: the defaults): its matmul precision holds
     for everything traced here, whatever the caller's own setting. ``platform``: where the
     call runs, which decides ``runtime.kernel == "auto"`` (kernels.selection.resolve); None:
     ``jax.default_backend()``, the platform of computations whose inputs are not placed
-    elsewhere (Potential, Calculator, mlip.sim).
+    elsewhere (Potential, Calculator, mlip.sim). ``extra_energies``: None, or a function
+    (positions [N, 3] Å, cell [G, 3, 3] Å) -> [N] eV of per-atom energies added to the
+    model's before differentiating, so that forces and stress include their derivatives
+    (mlip.sim's D3 dispersion).
     """
     runtime = runtime or Runtime()
     platform = platform or jax.default_backend()
     with jax.default_matmul_precision(runtime.matmul_precision):
-        return _compute(config, params, batch, runtime, platform)
+        return _compute(config, params, batch, runtime, platform, extra_energies)
 
 
-def _compute(config: FacetConfig, params, batch: GraphBatch, runtime: Runtime, platform: str) -> PotentialOutput:
+def _compute(config: FacetConfig, params, batch: GraphBatch, runtime: Runtime, platform: str,
+             extra_energies=None) -> PotentialOutput:
     edge_chain = None
     if config.num_layers > 1:  # the first block has no general edge chain
         edge_chain = selection.select(runtime.kernel, config.lmax, config.mmax, config.channels,
@@ -114,6 +118,8 @@ def _compute(config: FacetConfig, params, batch: GraphBatch, runtime: Runtime, p
         cell = batch.cell + jnp.einsum("gij,gjk->gik", batch.cell, strain)
         vectors = edge_vectors(positions, cell, batch, batch.node_graph)
         per_atom = model.apply(params, vectors, species, batch.senders, batch.receivers, batch.edge_mask)
+        if extra_energies is not None:
+            per_atom = per_atom + extra_energies(positions, cell)
         per_atom = jnp.where(batch.node_mask, per_atom, 0.0)
         return jnp.sum(per_atom), per_atom
 

@@ -107,12 +107,6 @@ def test_d3_on_the_command_line(tiny_model, tmp_path, capsys):
         assert main(["predict", str(tiny_model), str(source), "--dtype", "float64", *flags]) == 0
         energies.append(float(capsys.readouterr().out.split("energy ")[1].split()[0]))
     assert energies[1] - energies[0] == pytest.approx(D3Dispersion()(ase.io.read(source)).energy, abs=1e-5)
-    # The batched engine (several structures) has no D3 yet: refused before any work.
-    many = tmp_path / "many.xyz"
-    ase.io.write(many, [_structures()["Si8"]] * 2)
-    for command in ("relax", "md"):
-        assert main([command, str(many), "--model", str(tiny_model), "--d3", "--steps", "2"]) == 2
-        assert "--d3 works for one structure only" in capsys.readouterr().err
 
 
 def test_reused_pair_list_gives_the_results_of_a_fresh_build():

@@ -17,7 +17,9 @@ The reference tables (elements 1-103) are in `mlip/assets/d3-reference.npz`, mad
 `benchmarks/make_d3_tables.py` from tad-dftd3 and tad-mctc (Apache-2.0).
 
 The energy is a pure function of (positions, cell) given a pair list, so it can be added to
-any energy before differentiation; `D3Dispersion` is the host-side driver of the ASE calculator.
+any energy before differentiation: `d3_pair_energies` on a half list (`D3Dispersion`, the
+host-side driver of the ASE calculator), `d3_atom_energies` on a full list (mlip.sim's batched
+engine, whose device list then reaches the D3 cutoff).
 """
 
 from __future__ import annotations
@@ -54,8 +56,15 @@ class D3Params:
 #: D3(BJ) for PBE (Grimme, Ehrlich, Goerigk 2011; s-dftd3's parameters.toml).
 PBE = D3Params(s6=1.0, s8=0.7875, a1=0.4289, a2=4.4407)
 
-#: Names accepted by `Calculator(dispersion=...)` and `--d3`.
+#: Names accepted by `Calculator(dispersion=...)`, `mlip.sim.relax` / `md` and `--d3`.
 DISPERSION_MODELS = {"d3bj": PBE, "d3bj-pbe": PBE}
+
+
+def dispersion_params(name: str) -> D3Params:
+    """The parameters of dispersion model ``name`` (a key of `DISPERSION_MODELS`)."""
+    if name not in DISPERSION_MODELS:
+        raise MlipError(f"unknown dispersion {name!r}: choose one of {', '.join(DISPERSION_MODELS)}")
+    return DISPERSION_MODELS[name]
 
 
 class D3Tables(NamedTuple):
@@ -192,6 +201,36 @@ def _pair_geometry(params: D3Params, positions, cell, pairs: PairSet):
     return jnp.where(inside, r2, 1.0), inside
 
 
+def _counts(tables: D3Tables, params: D3Params, species_index, r2, inside, i, j):
+    """Coordination count of each pair [P] (zero beyond the CN cutoff); r2 in bohr^2."""
+    rcov = jnp.asarray(tables.rcov, r2.dtype)
+    count = 1.0 / (1.0 + jnp.exp(-16.0 * ((rcov[species_index[i]] + rcov[species_index[j]]) / jnp.sqrt(r2) - 1.0)))
+    return jnp.where(inside & (r2 <= (params.cn_cutoff / BOHR) ** 2), count, 0.0)
+
+
+def _c6_factors(tables: D3Tables, species_index, cn):
+    """(left [N, S, R], weights [N, R]): C6 of atoms a, b (hartree bohr^6) is
+    ``sum(left[a, species_index[b]] * weights[b])``, given coordination numbers ``cn`` [N]."""
+    # Gaussian weights over each atom's references: a softmax, so that an atom far from every
+    # reference (all weights underflowing) falls on the nearest one instead of dividing by zero.
+    ref_cn = jnp.asarray(tables.ref_cn, cn.dtype)[species_index]
+    logits = jnp.where(jnp.asarray(tables.ref_mask)[species_index], -4.0 * (cn[:, None] - ref_cn) ** 2, -jnp.inf)
+    weights = jax.nn.softmax(logits, axis=-1)  # [N, R]
+    # Atom a's side per species first: w_a . C6ref(s_a, s) for every species s.
+    left = jnp.einsum("na,nsab->nsb", weights, jnp.asarray(tables.c6, cn.dtype)[species_index])  # [N, S, R]
+    return left, weights
+
+
+def _damped(tables: D3Tables, params: D3Params, species_index, c6, r2, inside, i, j):
+    """Two-body BJ-damped energy of each pair [P], eV (zero where not ``inside``)."""
+    q = jnp.asarray(tables.q, r2.dtype)
+    qq = 3.0 * q[species_index[i]] * q[species_index[j]]
+    r0 = params.a1 * jnp.sqrt(qq) + params.a2
+    r6 = r2**3
+    energy = -c6 * (params.s6 / (r6 + r0**6) + params.s8 * qq / (r6 * r2 + r0**8))
+    return jnp.where(inside, energy, 0.0) * HARTREE
+
+
 def d3_pair_energies(tables: D3Tables, params: D3Params, species_index, positions, cell, pairs: Pairs) -> jax.Array:
     """Two-body D3(BJ) energy of every pair, [P_near + P_far] eV (near pairs first; zero for
     padding and beyond the cutoff).
@@ -201,34 +240,43 @@ def d3_pair_energies(tables: D3Tables, params: D3Params, species_index, position
         positions: float [N, 3], Å; cell: float [3, 3], Å (rows are lattice vectors).
     """
     n_atoms = positions.shape[0]
-    rcov = jnp.asarray(tables.rcov, positions.dtype)
     near_r2, near_inside = _pair_geometry(params, positions, cell, pairs.near)
     i, j = pairs.near.i, pairs.near.j
-    count = 1.0 / (1.0 + jnp.exp(-16.0 * ((rcov[species_index[i]] + rcov[species_index[j]]) / jnp.sqrt(near_r2) - 1.0)))
-    count = jnp.where(near_inside & (near_r2 <= (params.cn_cutoff / BOHR) ** 2), count, 0.0)
+    count = _counts(tables, params, species_index, near_r2, near_inside, i, j)
     cn = jax.ops.segment_sum(count, i, n_atoms) + jax.ops.segment_sum(count, j, n_atoms)
-
-    # Gaussian weights over each atom's references: a softmax, so that an atom far from every
-    # reference (all weights underflowing) falls on the nearest one instead of dividing by zero.
-    ref_cn = jnp.asarray(tables.ref_cn, positions.dtype)[species_index]
-    logits = jnp.where(tables.ref_mask[species_index], -4.0 * (cn[:, None] - ref_cn) ** 2, -jnp.inf)
-    weights = jax.nn.softmax(logits, axis=-1)  # [N, R]
-    # C6 of a distinct atom pair = w_a . C6ref(s_a, s_b) . w_b; atom a's side per species first.
-    c6_ref = jnp.asarray(tables.c6, positions.dtype)
-    left = jnp.einsum("na,nsab->nsb", weights, c6_ref[species_index])  # [N, S, R]
+    left, weights = _c6_factors(tables, species_index, cn)
+    # C6 depends on the atoms only: once per distinct atom pair.
     c6_distinct = jnp.sum(left[pairs.first, species_index[pairs.second]] * weights[pairs.second], axis=-1)
 
-    q = jnp.asarray(tables.q, positions.dtype)
-
     def energies(r2, inside, pairs: PairSet):
-        qq = 3.0 * q[species_index[pairs.i]] * q[species_index[pairs.j]]
-        r0 = params.a1 * jnp.sqrt(qq) + params.a2
-        r6 = r2**3
-        energy = -c6_distinct[pairs.distinct] * (params.s6 / (r6 + r0**6) + params.s8 * qq / (r6 * r2 + r0**8))
-        return jnp.where(inside, energy, 0.0) * HARTREE
+        return _damped(tables, params, species_index, c6_distinct[pairs.distinct], r2, inside, pairs.i, pairs.j)
 
     far_r2, far_inside = _pair_geometry(params, positions, cell, pairs.far)
     return jnp.concatenate([energies(near_r2, near_inside, pairs.near), energies(far_r2, far_inside, pairs.far)])
+
+
+def d3_atom_energies(tables: D3Tables, params: D3Params, species_index, vectors, senders, receivers, edge_mask):
+    """Two-body D3(BJ) energy of each atom, [N] eV, from a full list of ordered pairs (every
+    pair and image in both directions, as mlip.sim's device list holds them): half of each
+    pair's energy goes to each of its atoms. Traceable (the batched engine adds it to the
+    model's per-atom energies before differentiating).
+
+    Args:
+        species_index: int [N], row of each atom in ``tables``.
+        vectors: float [E, 3], Å, the pair vectors; senders, receivers: int [E];
+            edge_mask: bool [E], real pairs. Pairs beyond the cutoffs contribute zero.
+    """
+    n_atoms = species_index.shape[0]
+    r2 = jnp.sum(vectors**2, axis=-1) / BOHR**2
+    inside = edge_mask & (r2 <= (params.cutoff / BOHR) ** 2)
+    r2 = jnp.where(inside, r2, 1.0)  # double where: padding pairs have r = 0
+    # Each pair is listed from both ends: the receivers' sums count it once per atom.
+    cn = jax.ops.segment_sum(_counts(tables, params, species_index, r2, inside, receivers, senders), receivers,
+                             n_atoms, indices_are_sorted=True)
+    left, weights = _c6_factors(tables, species_index, cn)
+    c6 = jnp.sum(left[receivers, species_index[senders]] * weights[senders], axis=-1)
+    pair = _damped(tables, params, species_index, c6, r2, inside, receivers, senders)
+    return 0.5 * jax.ops.segment_sum(pair, receivers, n_atoms, indices_are_sorted=True)
 
 
 @functools.partial(jax.jit, static_argnums=(1,))
@@ -284,9 +332,7 @@ class D3Dispersion:
 
     @classmethod
     def from_name(cls, name: str, dtype: str = "float64") -> D3Dispersion:
-        if name not in DISPERSION_MODELS:
-            raise MlipError(f"unknown dispersion {name!r}: choose one of {', '.join(DISPERSION_MODELS)}")
-        return cls(DISPERSION_MODELS[name], dtype)
+        return cls(dispersion_params(name), dtype)
 
     def _device_pairs(self, atoms) -> Pairs:
         cell = np.asarray(atoms.cell.array, np.float64)

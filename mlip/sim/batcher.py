@@ -39,6 +39,7 @@ from tqdm.auto import tqdm
 from mlip.data.frame import frame_from_atoms, validate_frame
 from mlip.data.neighbors import edge_vectors, neighbor_list
 from mlip.errors import DataError, MlipError
+from mlip.nn.dispersion import d3_tables, dispersion_params
 from mlip.potential import Potential, PotentialOutput
 from mlip.runtime import release_compiled_programs_if_needed
 from mlip.sim import neighbors as nl
@@ -49,6 +50,11 @@ from mlip.sim.system import ATOM, System, compute_system, make_system, place, re
 CONVERGED, UNCONVERGED, COMPLETED = "converged", "not converged", "completed"
 NON_FINITE, TOO_LARGE, INVALID = "failed: non-finite", "failed: too large", "failed: invalid structure"
 DRIFT = "failed: energy drift"
+
+#: The first image box is searched for a radius this much longer than the list's, so that a cell
+#: shrinking by up to 5% (a cell relaxation, NPT) keeps it: a larger box is a recompilation, and
+#: at D3's 32 Å radius a 5.43 Å Si cell needs one more image after shrinking by 1%.
+IMAGE_MARGIN = 1.05
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,6 +118,7 @@ def run(
     budget: Budget = Budget(),
     progress: bool = False,
     compile_only: bool = False,
+    dispersion: str | None = None,
 ) -> list[Result]:
     """Run ``engine`` (mlip.sim.engine.Engine: mlip.sim.relax's and mlip.sim.md's) over all
     ``structures`` (ase.Atoms); one Result per structure, in input order.
@@ -119,7 +126,9 @@ def run(
     The potential's runtime choices (matmul precision, kernel, edge chunk) hold, as at every
     call site (mlip.runtime). ``compile_only``: take no step; compile the device functions
     the run would use (into the persistent compilation cache when it is on: `mlip warmup`)
-    and return an empty list.
+    and return an empty list. ``dispersion``: None, or "d3bj" to add D3(BJ) dispersion with
+    PBE parameters (mlip.nn.dispersion) to the energy, forces and stress: the device list then
+    reaches the D3 cutoff (31.75 Å + skin), and the model reads the pairs within its own.
     """
     structures = list(structures)
     for k, atoms in enumerate(structures):
@@ -129,8 +138,12 @@ def run(
             potential.check_species(atoms.numbers[(atoms.numbers >= 1) & (atoms.numbers <= 118)])
         except MlipError as exc:
             raise MlipError(f"structure {k}: {exc}") from None
+    d3 = None
+    if dispersion is not None:
+        d3 = dispersion_params(dispersion)
+        d3_tables(potential.config.species)  # an element without D3 data fails here, not in a trace
     release_compiled_programs_if_needed()
-    runner = _Runner(potential, engine, skin, budget, structures)
+    runner = _Runner(potential, engine, skin, budget, structures, d3)
     if compile_only:
         runner.compile()
         return []
@@ -140,18 +153,19 @@ def run(
 class _Runner:
     """The host loop of `run` (one instance per call)."""
 
-    def __init__(self, potential, engine, skin, budget, structures):
-        self.potential, self.engine, self.budget = potential, engine, budget
+    def __init__(self, potential, engine, skin, budget, structures, dispersion):
+        self.potential, self.engine, self.budget, self.dispersion = potential, engine, budget, dispersion
         self.dtype = jnp.dtype(potential.dtype)
         self.structures = structures
         self.results: list[Result | None] = [None] * len(structures)
         self.logs: dict[int, list] = {}  # per-chunk observations of running structures
-        cutoff = potential.config.r_cut
+        cutoff = potential.config.r_cut  # the model's; the list's reaches D3's when it is on
+        outer = max(cutoff, dispersion.cutoff) if dispersion is not None else cutoff
         self.invalid = {k: problem for k, a in enumerate(structures) if (problem := _invalid(a, k))}
         placed = [place(a) if k not in self.invalid else (None, None) for k, a in enumerate(structures)]
         self.records = [rec for rec, _ in placed]
         self.placements = [placement for _, placement in placed]
-        self.edges, within = _edge_counts(self.records, cutoff, skin)
+        self.edges, within = _edge_counts(self.records, outer + skin, cutoff)
         sizes = np.array([0 if rec is None else len(rec["numbers"]) for rec in self.records], np.int64)
         # The batch is no larger than the whole input needs (a few structures pad to little).
         atom_slots = int(min(budget.max_atoms, max(sizes.sum(), 1)))
@@ -161,11 +175,11 @@ class _Runner:
             return max(1, math.ceil(density * atom_slots * budget.growth))
 
         self.max_edges = budget.max_edges or slots_for(self.edges)
-        images = np.max([nl.images_needed(r["cell"], r["pbc"], cutoff + skin) for r in self.records if r is not None]
-                        or [[0, 0, 0]], axis=0)
+        images = np.max([nl.images_needed(r["cell"], r["pbc"], (outer + skin) * IMAGE_MARGIN)
+                         for r in self.records if r is not None] or [[0, 0, 0]], axis=0)
         self.spec = nl.NeighborSpec(
-            cutoff, skin, self.max_edges, max(int(sizes.max(initial=0)), 1), tuple(int(n) for n in images),
-            active_capacity=min(slots_for(within), self.max_edges),
+            outer, skin, self.max_edges, max(int(sizes.max(initial=0)), 1), tuple(int(n) for n in images),
+            active_capacity=min(slots_for(within), self.max_edges), active_cutoff=cutoff,
         )
         valid = len(structures) - len(self.invalid)
         self.shape = (atom_slots + 1, min(budget.max_structures, max(valid, 1)) + 1)
@@ -206,7 +220,7 @@ class _Runner:
             return
         slots = self._admit([], queue)
         state = self._pack(slots)
-        fns = _compiled(self.engine, self.potential.config, self.spec, self.potential.runtime)
+        fns = _compiled(self.engine, self.potential.config, self.spec, self.potential.runtime, self.dispersion)
         fns.chunk.lower(self.potential.params, state, self.budget.chunk, self._min_done(len(slots), queue)).compile()
 
     def _too_large(self, k: int) -> bool:
@@ -242,7 +256,7 @@ class _Runner:
             self.spec = nl.grown(self.spec, system.neighbors, self.budget.growth)
         options = stack([self.engine.options(self.structures[s.index], s.index) for s in slots],
                         self.engine.option_kinds, n_node, n_graph)
-        fns = _compiled(self.engine, self.potential.config, self.spec, self.potential.runtime)
+        fns = _compiled(self.engine, self.potential.config, self.spec, self.potential.runtime, self.dispersion)
         fresh = fns.blank(system, options)
         started = [s for s in slots if s.started]
         carried = fresh
@@ -261,7 +275,7 @@ class _Runner:
         """Run one chunk on the device; grow the neighbour list and retry on overflow."""
         min_done = self._min_done(int(np.sum(np.asarray(state.system.graph_mask))), queue)
         while True:
-            fns = _compiled(self.engine, self.potential.config, self.spec, self.potential.runtime)
+            fns = _compiled(self.engine, self.potential.config, self.spec, self.potential.runtime, self.dispersion)
             state = fns.chunk(self.potential.params, state, self.budget.chunk, min_done)
             neighbors = state.system.neighbors
             if not bool(neighbors.overflow):
@@ -342,13 +356,13 @@ class _Runner:
                       self.logs.pop(index, []))
 
 
-def _edge_counts(records: list[dict | None], cutoff: float, skin: float) -> tuple[np.ndarray, np.ndarray]:
-    """int [S] each: edges of every record within ``cutoff + skin`` and within ``cutoff`` (Å),
-    zero for None (an invalid structure)."""
+def _edge_counts(records: list[dict | None], radius: float, cutoff: float) -> tuple[np.ndarray, np.ndarray]:
+    """int [S] each: edges of every record within ``radius`` (the list's: cutoff + skin) and
+    within ``cutoff`` (the model's), Å; zero for None (an invalid structure)."""
     edges, within = np.zeros((2, len(records)), np.int64)
     for k, rec in enumerate(records):
         if rec is not None:
-            listed = neighbor_list(rec["positions"], rec["cell"], rec["pbc"], cutoff + skin)
+            listed = neighbor_list(rec["positions"], rec["cell"], rec["pbc"], radius)
             lengths = np.linalg.norm(edge_vectors(rec["positions"], rec["cell"], listed), axis=1)
             edges[k], within[k] = len(lengths), np.sum(lengths < cutoff)
     return edges, within
@@ -398,11 +412,13 @@ def _no_forces(system: System) -> PotentialOutput:
 
 
 class _Functions:
-    """The jitted device functions of one (engine, model config, neighbour spec, runtime)."""
+    """The jitted device functions of one (engine, model config, neighbour spec, runtime,
+    dispersion parameters or None)."""
 
-    def __init__(self, engine: Engine, config, spec, runtime):
+    def __init__(self, engine: Engine, config, spec, runtime, dispersion):
         def build(params):
-            return engine.dynamics(functools.partial(compute_system, config, params, runtime=runtime), spec)
+            energy_fn = functools.partial(compute_system, config, params, runtime=runtime, dispersion=dispersion)
+            return engine.dynamics(energy_fn, spec)
 
         def blank(system, options):
             # init with a stand-in potential: every field but the forces, without tracing
@@ -461,11 +477,11 @@ class _Keyed:
         return isinstance(other, _Keyed) and self.engine.key == other.engine.key
 
 
-def _compiled(engine: Engine, config, spec, runtime) -> _Functions:
+def _compiled(engine: Engine, config, spec, runtime, dispersion) -> _Functions:
     """The compiled device functions of ``engine`` (cached by its key)."""
-    return _compiled_by_key(_Keyed(engine), config, spec, runtime)
+    return _compiled_by_key(_Keyed(engine), config, spec, runtime, dispersion)
 
 
 @functools.lru_cache(maxsize=32)
-def _compiled_by_key(keyed: _Keyed, config, spec, runtime) -> _Functions:
-    return _Functions(keyed.engine, config, spec, runtime)
+def _compiled_by_key(keyed: _Keyed, config, spec, runtime, dispersion) -> _Functions:
+    return _Functions(keyed.engine, config, spec, runtime, dispersion)

@@ -115,6 +115,7 @@ def md(
     budget: Budget | None = None,
     progress: bool = False,
     compile_only: bool = False,
+    dispersion: str | None = None,
 ) -> list[Result]:
     """Run ``steps`` of MD on every structure, batched on the device; results in input order.
 
@@ -138,6 +139,9 @@ def md(
         budget: batch sizes (default mlip.sim.batcher.Budget); its chunk is set to ``interval``.
         compile_only: take no step: compile the programs the run would use (into the
             persistent compilation cache when it is on: `mlip warmup`) and return [].
+        dispersion: None, or "d3bj": add D3(BJ) dispersion with PBE parameters (two-body,
+            mlip.nn.dispersion) to the energy, forces and stress, as
+            ``Calculator(dispersion="d3bj")`` does on the ASE path.
 
     FixAtoms and FixCartesian constraints hold (not in the NPT ensembles, whose barostat moves
     every atom).
@@ -161,4 +165,4 @@ def md(
                        interval=int(interval), max_drift=None if max_drift is None else float(max_drift))
     budget = dataclasses.replace(budget or Budget(), chunk=interval)
     return run(potential, structures, engine, skin=skin, budget=budget, progress=progress,
-               compile_only=compile_only)
+               compile_only=compile_only, dispersion=dispersion)

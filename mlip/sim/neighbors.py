@@ -20,11 +20,12 @@ Fixed shapes: the list has a static ``capacity``; a build that finds more edges,
 that needs more images than the static box holds, sets ``overflow`` (the list is then
 incomplete and must not be used: the caller regrows on the host, see mlip.sim.batcher).
 
-Active edges: the model only needs the pairs closer than the cutoff, about (r_cut / radius)^3
+Active edges: the model only needs the pairs closer than its cutoff, about (r_cut / radius)^3
 of the list (75% at 5 Å + 0.5 Å skin). With ``active_capacity`` set, every update also
 compacts the list to those pairs (`activate`, a gather of O(E) distances), so the model runs on
 ``active_capacity`` edge slots instead of ``capacity``; more pairs inside the cutoff than that
-sets ``overflow`` too.
+sets ``overflow`` too. One list serves two ranges this way: with D3 dispersion its cutoff is
+the dispersion's (31.75 Å), which reads every pair, and ``active_cutoff`` the model's.
 
 Verlet skin: the list is rebuilt when, for any structure, it may miss a pair now closer than the
 cutoff: the rule of mlip.data.neighbors.rebuild_needed, which the ASE calculator's host list
@@ -48,11 +49,12 @@ from mlip.data.neighbors import edge_vectors, rebuild_needed
 class NeighborSpec:
     """Static sizes of a device neighbour list (hashable: a jit static argument).
 
-    cutoff: interaction cutoff, Å. skin: Verlet skin, Å (the list holds pairs within
-    cutoff + skin). capacity: edges held. max_atoms: atoms of the largest structure.
-    images: (nx, ny, nz), the largest |shift| searched along each lattice direction.
-    active_capacity: edge slots for the pairs within the cutoff (None: no compaction, the
-    model sees the whole list).
+    cutoff: the longest interaction cutoff, Å (the model's, or D3 dispersion's). skin: Verlet
+    skin, Å (the list holds pairs within cutoff + skin). capacity: edges held. max_atoms:
+    atoms of the largest structure. images: (nx, ny, nz), the largest |shift| searched along
+    each lattice direction. active_capacity: edge slots for the pairs within
+    ``active_cutoff`` (None: no compaction, the model sees the whole list). active_cutoff:
+    the model's cutoff, Å, when shorter than ``cutoff`` (None: ``cutoff``).
     """
 
     cutoff: float
@@ -61,10 +63,16 @@ class NeighborSpec:
     max_atoms: int
     images: tuple[int, int, int]
     active_capacity: int | None = None
+    active_cutoff: float | None = None
 
     @property
     def radius(self) -> float:
         return self.cutoff + self.skin
+
+    @property
+    def model_cutoff(self) -> float:
+        """Cutoff of the active edges (the model's), Å."""
+        return self.cutoff if self.active_cutoff is None else self.active_cutoff
 
     def shift_box(self) -> np.ndarray:
         """int32 [M, 3]: every shift searched, M = prod(2 n + 1)."""
@@ -189,13 +197,13 @@ def build(spec: NeighborSpec, positions, cell, topology: Topology) -> NeighborLi
 
 
 def activate(spec: NeighborSpec, neighbors: NeighborList, positions, cell, topology: Topology) -> NeighborList:
-    """``neighbors`` with its edges within the cutoff (at ``positions``, ``cell``) gathered
+    """``neighbors`` with its edges within the model's cutoff (at ``positions``, ``cell``) gathered
     into ``spec.active_capacity`` slots, in list order (receivers stay sorted); unchanged when
     the spec has no active capacity."""
     if spec.active_capacity is None:
         return neighbors
     vectors = edge_vectors(positions, cell, neighbors, topology.node_graph)
-    within = neighbors.edge_mask & (jnp.sum(vectors * vectors, axis=-1) < spec.cutoff**2)
+    within = neighbors.edge_mask & (jnp.sum(vectors * vectors, axis=-1) < spec.model_cutoff**2)
     count = jnp.sum(within, dtype=jnp.int32)
     (active,) = jnp.nonzero(within, size=spec.active_capacity, fill_value=0)
     return neighbors._replace(

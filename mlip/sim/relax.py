@@ -63,6 +63,7 @@ def relax(
     budget: Budget = Budget(),
     progress: bool = False,
     compile_only: bool = False,
+    dispersion: str | None = None,
 ) -> list[Result]:
     """Relax every structure on the device; results in input order.
 
@@ -82,6 +83,9 @@ def relax(
         progress: show a progress bar (structures/s).
         compile_only: take no step: compile the programs the run would use (into the
             persistent compilation cache when it is on: `mlip warmup`) and return [].
+        dispersion: None, or "d3bj": add D3(BJ) dispersion with PBE parameters (two-body,
+            mlip.nn.dispersion) to the energy, forces and stress, as
+            ``Calculator(dispersion="d3bj")`` does on the ASE path.
 
     Returns:
         one mlip.sim.batcher.Result per structure: final atoms (with a SinglePointCalculator),
@@ -93,4 +97,4 @@ def relax(
     engine = relax_engine(fmax=float(fmax), max_steps=int(max_steps), relax_cell=bool(relax_cell),
                           pressure=float(pressure) / EV_PER_A3_TO_GPA, optimizer=optimizer)
     return run(potential, structures, engine, skin=skin, budget=budget, progress=progress,
-               compile_only=compile_only)
+               compile_only=compile_only, dispersion=dispersion)

@@ -13,6 +13,7 @@ integrators and optimisers.
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple, Sequence
 
 import ase
@@ -23,8 +24,10 @@ from ase.geometry.minkowski_reduction import minkowski_reduce
 
 from mlip.data.frame import completed_cell
 from mlip.data.graph import GraphBatch
+from mlip.data.neighbors import edge_vectors
 from mlip.errors import MlipError
-from mlip.potential import PotentialOutput, compute
+from mlip.nn.dispersion import D3Params, d3_atom_energies, d3_tables
+from mlip.potential import PotentialOutput, compute, species_table
 from mlip.runtime import Runtime
 from mlip.sim import neighbors as nl
 
@@ -242,10 +245,24 @@ def graph_batch(system: System) -> GraphBatch:
     )
 
 
-def compute_system(config, params, system: System, runtime: Runtime | None = None) -> PotentialOutput:
+def compute_system(config, params, system: System, runtime: Runtime | None = None,
+                   dispersion: D3Params | None = None) -> PotentialOutput:
     """Energy [G] (eV), forces [N, 3] (eV/Å) and stress [G, 3, 3] (eV/Å^3) of ``system``
-    (``runtime``: mlip.potential.compute)."""
-    return compute(config, params, graph_batch(system), runtime)
+    (``runtime``: mlip.potential.compute), with D3(BJ) ``dispersion`` added to the energy
+    before differentiation when given: the system's list must then reach the dispersion
+    cutoff (mlip.sim.batcher builds it so), and the model reads its active edges."""
+    extra = None if dispersion is None else functools.partial(_dispersion_energies, config, dispersion, system)
+    return compute(config, params, graph_batch(system), runtime, extra_energies=extra)
+
+
+def _dispersion_energies(config, dispersion: D3Params, system: System, positions, cell):
+    """D3(BJ) energy of each atom [N], eV, at ``positions`` [N, 3] and ``cell`` [G, 3, 3] (Å),
+    over the whole list of ``system`` (every pair within the D3 cutoff + skin)."""
+    tables = d3_tables(config.species)  # numpy, at trace time: constants of the program
+    species_index = jnp.maximum(jnp.asarray(species_table(config))[system.numbers], 0)
+    edges = system.neighbors
+    vectors = edge_vectors(positions, cell, edges, system.node_graph)
+    return d3_atom_energies(tables, dispersion, species_index, vectors, edges.senders, edges.receivers, edges.edge_mask)
 
 
 def moved(system: System, positions, cell, spec: nl.NeighborSpec) -> System:
