@@ -137,3 +137,22 @@ def test_cli_convert_counts_edges_at_5_angstrom_by_default(tmp_path):
     assert open_dataset(tmp_path / "a").edge_cutoffs == [5.0]
     assert main(["convert", str(tmp_path / "in.extxyz"), "-o", str(tmp_path / "b"), "-q", "--edge-cutoffs"]) == 0
     assert open_dataset(tmp_path / "b").edge_cutoffs == []
+
+
+def test_a_process_builds_only_its_own_micro_batches(tmp_path, monkeypatch):
+    """On several hosts each process builds the micro-batches of its own devices: those equal
+    the full step's, at the same shape; the others are empty padding, built from no frame."""
+    data = frames(30)
+    write_shards(data, tmp_path, frames_per_shard=8, progress=False, edge_cutoffs=[3.5])
+    everything = step_batches(open_dataset(tmp_path), micro_batches=4)
+    mine = step_batches(open_dataset(tmp_path), micro_batches=4, local=[2, 3])
+    built = []
+    original = batches_module.build_graph_within
+    monkeypatch.setattr(batches_module, "build_graph_within", lambda *a: built.append(1) or original(*a))
+    steps = list(mine.epoch(0))
+    groups = mine._index_groups(0)
+    assert len(built) == sum(len(g) for s in range(len(steps)) for g in groups[4 * s + 2: 4 * s + 4])
+    for a, b in zip(steps, everything.epoch(0), strict=True):
+        for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+            assert x.shape == y.shape and np.array_equal(x[2:], y[2:])
+        assert not np.any(a.graph_mask[:2])  # padding: no real structure

@@ -24,7 +24,7 @@ import multiprocessing
 import queue
 import threading
 from concurrent.futures import ProcessPoolExecutor
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -56,17 +56,22 @@ class StepBatches:
         shuffle, seed: seeded per-epoch order (mlip.data.loader.epoch_order).
         dtype: float dtype of positions, cell and labels.
         workers: processes that build neighbour lists and batches (0: the caller's thread).
+        local: positions (0..K-1) of the step's micro-batches that this process builds; the
+            others are empty padding of the same shape (None: all). On several hosts each
+            process feeds only its own devices, so it builds only their micro-batches: the
+            loader's work is split over the hosts instead of repeated on each.
     """
 
     def __init__(self, dataset: FrameDataset, cutoff: float, *, micro_batches: int, max_nodes: int,
                  max_edges: int, max_graphs: int, shuffle: bool, seed: int, dtype=np.float32,
-                 workers: int = 0):
+                 workers: int = 0, local: Sequence[int] | None = None):
         if workers < 0:
             raise MlipError(f"loader workers must be >= 0, got {workers}")
         self.dataset, self.cutoff, self.k = dataset, float(cutoff), micro_batches
         self.max_nodes, self.max_edges, self.max_graphs = max_nodes, max_edges, max_graphs
         self.ladder = BucketLadder.for_budget(max_nodes, max_edges, max_graphs)
         self.shuffle, self.seed, self.dtype, self.workers = shuffle, seed, dtype, workers
+        self.local = frozenset(range(micro_batches) if local is None else local)
         self._groups: dict[int, list[list[int]]] = {}
         # Graph sizes (packing needs them): stored at conversion, else built on first use.
         self._n_node: np.ndarray | None = None
@@ -86,12 +91,14 @@ class StepBatches:
             yield from _ordered(pool, self._step, steps, ahead=2 * self.workers)
 
     def _step(self, groups: list[list[int]]) -> GraphBatch:
-        """The stacked batch of one step's micro-batches (frame indices), padded to one shape."""
-        chunk = [[self._graph(i) for i in group] for group in groups]
-        chunk += [[]] * (self.k - len(chunk))
-        shapes = [self.ladder.shape_for(sum(g.n_node for g in c), sum(g.n_edge for g in c), len(c))
-                  for c in chunk]
+        """The stacked batch of one step's micro-batches (frame indices), padded to one shape.
+        The shape comes from the graph sizes (`_sizes`), so every process agrees on it while
+        building only its `local` micro-batches."""
+        n_node, n_edge = self._sizes()
+        groups = groups + [[]] * (self.k - len(groups))
+        shapes = [self.ladder.shape_for(int(n_node[g].sum()), int(n_edge[g].sum()), len(g)) for g in groups]
         shape = tuple(max(dims) for dims in zip(*shapes))
+        chunk = [[self._graph(i) for i in g] if k in self.local else [] for k, g in enumerate(groups)]
         return stack_batches([collate(c, *shape, dtype=self.dtype) for c in chunk])
 
     def _index_groups(self, epoch: int) -> list[list[int]]:

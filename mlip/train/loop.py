@@ -222,6 +222,7 @@ class _Run:
             self.train_set, self.model.r_cut, micro_batches=len(self.devices) * t.accumulate,
             max_nodes=config.data.max_nodes, max_edges=config.data.max_edges, max_graphs=config.data.max_graphs,
             shuffle=True, seed=config.seed, dtype=self.dtype, workers=config.data.workers,
+            local=_local_micro_batches(self.devices, t.accumulate),
         )
         self.valid_batches = StepBatches(
             self.valid_set, self.model.r_cut, micro_batches=1, max_nodes=config.data.max_nodes,
@@ -535,6 +536,14 @@ def _pick_devices(devices) -> list:
     if devices > len(local):
         raise MlipError(f"training.devices = {devices} but only {len(local)} local device(s) are available")
     return local[:devices]
+
+
+def _local_micro_batches(devices, accumulate: int) -> list[int]:
+    """Positions of a step's micro-batches that land on this process's devices: the step's
+    leading axis (devices x accumulate) is split over the devices in contiguous blocks
+    (mlip.train.step.batch_sharding), and each process supplies only its own blocks."""
+    me = jax.process_index()
+    return [k for k in range(len(devices) * accumulate) if devices[k // accumulate].process_index == me]
 
 
 def _metric_row(loop: LoopState, train_loss: float, valid_loss: float, metrics: dict, lr: float) -> dict:
