@@ -24,8 +24,14 @@ What is timed (steady state, after compilation / warm-up; median over rounds):
   its neighbour list: mlip ``build_graph`` + ``collate`` (vesin), MACE ``AtomicData`` +
   collation (matscipy).
 
+Allocator: ``--mlip-allocator tuned`` calls ``mlip.runtime.tune_allocator()`` before JAX
+starts, as the ``mlip`` command does (default: glibc as it comes, as in a plain Python script);
+``--mace-allocator tuned`` gives the MACE process the same glibc settings through glibc's
+MALLOC_* variables (TUNED_MALLOC_ENV), ``both`` runs a second MACE process with them, interleaved
+with the first (columns "tuned malloc").
+
 Float32 first; then, in the same run, float64 (JAX x64 mode switched on after the float32
-table) for the small preset and MACE. Prints markdown tables; speed ratios are MACE time /
+table) for the --float64-presets (small) and MACE. Prints markdown tables; speed ratios are MACE time /
 mlip time, so > 1 means mlip is faster.
 """
 
@@ -62,6 +68,18 @@ SYSTEMS = {
     "cu500": ("fcc Cu", "Cu", "fcc", 3.61, 5),
 }
 REPO = Path(__file__).resolve().parents[1]
+#: glibc's environment variables with the values of mlip.runtime.MALLOPT_SETTINGS (one arena, no
+#: mmap for large blocks, no trimming, 256 MiB top pad), for the MACE process of
+#: --mace-allocator tuned/both: the same malloc settings as mlip's own, the way a torch user gets them.
+TUNED_MALLOC_ENV = {
+    "MALLOC_ARENA_MAX": "1",
+    "MALLOC_MMAP_MAX_": "0",
+    "MALLOC_TRIM_THRESHOLD_": str(2**31 - 1),
+    "MALLOC_TOP_PAD_": str(256 << 20),
+}
+#: MACE model (benchmarks/peers/mace_timing.py) -> table heading
+MACE_LABELS = {"mp0": "MACE MP-0-small-like, 89 el.", "2el": "MACE, 2 el.",
+               "mp0-medium": "MACE MP-0-medium-like, 89 el."}
 
 
 def build_system(name: str):
@@ -75,10 +93,12 @@ def build_system(name: str):
 class Peer:
     """The MACE timing server (benchmarks/peers/mace_timing.py) in the peers' Python."""
 
-    def __init__(self, python: str):
+    def __init__(self, python: str, env: dict[str, str] | None = None):
+        """env: variables added to this process's environment for the server's."""
         script = REPO / "benchmarks" / "peers" / "mace_timing.py"
         self.process = subprocess.Popen(
-            [python, str(script)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1
+            [python, str(script)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1,
+            env={**os.environ, **(env or {})},
         )
 
     def __call__(self, cmd: str, **kwargs):
@@ -104,8 +124,10 @@ def timed(function, *args) -> float:
     return time.perf_counter() - start
 
 
-def run_dtype(dtype: str, presets: list[str], names: list[str], peer: Peer, xyz: str, args, loads):
-    """Times every model on every system in one precision; returns a results dict."""
+def run_dtype(dtype: str, presets: list[str], names: list[str], peers: dict[str, Peer], xyz: str, args, loads):
+    """Times every model on every system in one precision; returns a results dict. peers: MACE
+    timing servers by allocator ("glibc", "tuned"); each runs every model of args.mace_models,
+    keyed "model" (glibc) or "model tuned"."""
     import jax
 
     from mlip.data.frame import frame_from_atoms
@@ -123,10 +145,15 @@ def run_dtype(dtype: str, presets: list[str], names: list[str], peer: Peer, xyz:
         return graph, collate([graph], *shape, dtype=float_type, labels=False)
 
     graphs, batches = zip(*(graph_and_batch(f) for f in frames))
-    peer_info = peer("setup", xyz=xyz, dtype=dtype, r_max=CUTOFF, num_bessel=10, seed=0)
-    for g, system in zip(graphs, peer_info["systems"]):
-        if (g.n_node, g.n_edge) != (system["atoms"], system["edges"]):
-            raise RuntimeError(f"graphs differ: mlip {g.n_node}/{g.n_edge}, MACE {system}")
+    mace = [(model if allocator == "glibc" else f"{model} tuned", peer, model)
+            for allocator, peer in peers.items() for model in args.mace_models]
+    for peer in peers.values():
+        peer_info = peer("setup", xyz=xyz, dtype=dtype, r_max=CUTOFF, num_bessel=10, seed=0,
+                         models=args.mace_models)
+        for g, system in zip(graphs, peer_info["systems"]):
+            if (g.n_node, g.n_edge) != (system["atoms"], system["edges"]):
+                raise RuntimeError(f"graphs differ: mlip {g.n_node}/{g.n_edge}, MACE {system}")
+    peer = next(iter(peers.values()))
 
     def ours(preset, i):
         return jax.block_until_ready(potentials[preset](batches[i]))
@@ -136,11 +163,12 @@ def run_dtype(dtype: str, presets: list[str], names: list[str], peer: Peer, xyz:
         for i in range(len(names)):
             compile_s[preset, i] = timed(ours, preset, i)
             ours(preset, i)
-    for model in ("mp0", "2el"):
+    for key, server, model in mace:
         for i in range(len(names)):
-            compile_s[model, i] = peer("warmup", model=model, system=i, calls=2)["first_s"]
+            compile_s[key, i] = server("warmup", model=model, system=i, calls=2)["first_s"]
 
     times = {key: [] for key in compile_s}
+    cpu_times = {key: [] for key in compile_s}  # CPU time of the process (all its threads)
     host = {("mlip", i): [] for i in range(len(names))} | {("mace", i): [] for i in range(len(names))}
     for r in range(args.rounds):
         loads.append(os.getloadavg()[0])
@@ -148,37 +176,50 @@ def run_dtype(dtype: str, presets: list[str], names: list[str], peer: Peer, xyz:
             for preset in presets:
                 if preset == "medium" and r >= args.medium_rounds:
                     continue
+                cpu = time.process_time()
                 times[preset, i].append(timed(ours, preset, i))
-            for model in ("mp0", "2el"):
-                times[model, i].append(peer("time", model=model, system=i)["seconds"])
+                cpu_times[preset, i].append(time.process_time() - cpu)
+            for key, server, model in mace:
+                reply = server("time", model=model, system=i)
+                times[key, i].append(reply["seconds"])
+                cpu_times[key, i].append(reply["cpu_seconds"])
             host["mlip", i].append(timed(graph_and_batch, frames[i]))
             host["mace", i].append(peer("data", system=i)["seconds"])
     return {
         "graphs": graphs,
         "padded": [b.shape for b in batches],
         "median": {k: float(np.median(v)) for k, v in times.items() if v},
+        "cpu_median": {k: float(np.median(v)) for k, v in cpu_times.items() if v},
         "spread": {k: (min(v), max(v)) for k, v in times.items() if v},
         "host": {k: float(np.median(v)) for k, v in host.items()},
         "compile": compile_s,
         "params": {p: potentials[p].num_params for p in presets},
         "peer": peer_info,
+        "mace": [key for key, _, _ in mace],
     }
 
 
-def print_model_table(result, presets, names):
-    med = result["median"]
-    head = ["structure", "atoms", "edges"] + [f"mlip {p} (ms)" for p in presets]
-    head += ["MACE MP-0-small-like, 89 el. (ms)", "MACE, 2 el. (ms)"]
-    head += [f"MACE 89 el. / {p}" for p in presets] + [f"MACE 2 el. / {p}" for p in presets]
+def mace_label(key: str) -> str:
+    """Table heading of a MACE timing key ("mp0", "2el tuned", ...)."""
+    model, _, tuned = key.partition(" ")
+    return MACE_LABELS[model] + (", tuned malloc" if tuned else "")
+
+
+def print_model_table(result, presets, names, mlip_allocator: str, statistic: str = "median"):
+    """statistic: "median" (wall time) or "cpu_median" (CPU time of each process)."""
+    med, mace = result[statistic], result["mace"]
+    mlip = " (tuned malloc)" if mlip_allocator == "tuned" else ""
+    head = ["structure", "atoms", "edges"] + [f"mlip {p}{mlip} (ms)" for p in presets]
+    head += [f"{mace_label(k)} (ms)" for k in mace]
+    head += [f"{mace_label(k)} / {p}" for k in mace for p in presets]
     print("| " + " | ".join(head) + " |")
     print("|---|" + "---:|" * (len(head) - 1))
     for i, name in enumerate(names):
         graph = result["graphs"][i]
         cells = [SYSTEMS[name][0], f"{graph.n_node}", f"{graph.n_edge:,}"]
         cells += [f"{med[p, i] * 1e3:.0f}" for p in presets]
-        cells += [f"{med['mp0', i] * 1e3:.0f}", f"{med['2el', i] * 1e3:.0f}"]
-        cells += [f"{med['mp0', i] / med[p, i]:.2f}×" for p in presets]
-        cells += [f"{med['2el', i] / med[p, i]:.2f}×" for p in presets]
+        cells += [f"{med[k, i] * 1e3:.0f}" for k in mace]
+        cells += [f"{med[k, i] / med[p, i]:.2f}×" for k in mace for p in presets]
         print("| " + " | ".join(cells) + " |")
 
 
@@ -191,10 +232,23 @@ def main():
     parser.add_argument("--no-float64", action="store_true", help="skip the float64 table")
     parser.add_argument("--systems", default=",".join(SYSTEMS), help="comma-separated subset")
     parser.add_argument("--presets", default="small,medium", help="mlip presets of the float32 table")
+    parser.add_argument("--float64-presets", default="small", help="mlip presets of the float64 table")
+    parser.add_argument("--mace-models", default="mp0,2el",
+                        help=f"MACE models to time, comma-separated, of {', '.join(MACE_LABELS)}")
+    parser.add_argument("--mlip-allocator", choices=("glibc", "tuned"), default="glibc",
+                        help="tuned: call mlip.runtime.tune_allocator() first, as the mlip command does")
+    parser.add_argument("--mace-allocator", choices=("glibc", "tuned", "both"), default="glibc",
+                        help="the MACE process's malloc: as shipped, with TUNED_MALLOC_ENV, or one of each")
     parser.add_argument("--json", help="also write the raw results to this file")
     args = parser.parse_args()
     names = args.systems.split(",")
     presets = args.presets.split(",")
+    args.mace_models = args.mace_models.split(",")
+    if args.mlip_allocator == "tuned":
+        from mlip.runtime import tune_allocator
+
+        if not tune_allocator():  # before JAX starts its threads, as in mlip.cli.main
+            parser.error("mlip.runtime.tune_allocator() left glibc alone (MALLOC_* or MLIP_SYSTEM_MALLOC set?)")
 
     import ase.io
     import flax
@@ -211,15 +265,18 @@ def main():
     with tempfile.TemporaryDirectory() as directory:
         xyz = str(Path(directory) / "systems.extxyz")
         ase.io.write(xyz, [build_system(n) for n in names], format="extxyz")
-        peer = Peer(args.peer_python)
+        allocators = ["glibc", "tuned"] if args.mace_allocator == "both" else [args.mace_allocator]
+        peers = {a: Peer(args.peer_python, TUNED_MALLOC_ENV if a == "tuned" else None) for a in allocators}
         try:
-            results["float32"] = run_dtype("float32", presets, names, peer, xyz, args, loads)
+            results["float32"] = run_dtype("float32", presets, names, peers, xyz, args, loads)
             if not args.no_float64:
                 jax.config.update("jax_enable_x64", True)
                 args64 = argparse.Namespace(**{**vars(args), "rounds": args.float64_rounds})
-                results["float64"] = run_dtype("float64", ["small"], names, peer, xyz, args64, loads)
+                results["float64"] = run_dtype("float64", args.float64_presets.split(","), names, peers,
+                                               xyz, args64, loads)
         finally:
-            peer.close()
+            for peer in peers.values():
+                peer.close()
     loads.append(os.getloadavg()[0])
     elapsed = datetime.datetime.now(datetime.timezone.utc) - started
 
@@ -230,6 +287,8 @@ def main():
     malloc = {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")}
     if malloc:
         print(f"glibc malloc settings (both processes): {malloc}")
+    print(f"mlip's malloc: {args.mlip_allocator}; MACE's: {args.mace_allocator}"
+          + (f" (tuned: {TUNED_MALLOC_ENV})" if args.mace_allocator != "glibc" else ""))
     print(
         f"mlip {mlip.__version__}, jax {jax.__version__}, flax {flax.__version__}, numpy {np.__version__}, "
         f"Python {platform.python_version()}; peers: torch {versions['torch']}, "
@@ -239,10 +298,15 @@ def main():
     print("Parameters: " + ", ".join(f"mlip {p} {n:,}" for p, n in f32["params"].items()) + ", "
           + ", ".join(f"MACE {m} ({v['elements']} elements) {v['params']:,}" for m, v in f32["peer"]["models"].items()))
     print("\n### float32\n")
-    print_model_table(f32, presets, names)
+    print_model_table(f32, presets, names, args.mlip_allocator)
+    print("\nCPU time of each process per call (user + system, all threads; less stretched by load):\n")
+    print_model_table(f32, presets, names, args.mlip_allocator, "cpu_median")
     if "float64" in results:
+        f64_presets = args.float64_presets.split(",")
         print(f"\n### float64 (medians of {args.float64_rounds} rounds)\n")
-        print_model_table(results["float64"], ["small"], names)
+        print_model_table(results["float64"], f64_presets, names, args.mlip_allocator)
+        print("\nCPU time per call:\n")
+        print_model_table(results["float64"], f64_presets, names, args.mlip_allocator, "cpu_median")
     print("\n### host-side graph build per step (float32 run; ms)\n")
     print("| structure | atoms | padded (nodes, edges) | mlip build_graph + collate | MACE AtomicData + collate |")
     print("|---|---:|---:|---:|---:|")
@@ -263,6 +327,7 @@ def main():
         serial = {
             dtype: {
                 "median_s": {f"{k[0]}/{names[k[1]]}": v for k, v in r["median"].items()},
+                "cpu_median_s": {f"{k[0]}/{names[k[1]]}": v for k, v in r["cpu_median"].items()},
                 "host_s": {f"{k[0]}/{names[k[1]]}": v for k, v in r["host"].items()},
                 "params": r["params"],
                 "peer": r["peer"],

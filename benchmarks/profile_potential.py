@@ -170,7 +170,7 @@ def main():
     shape = BucketLadder().shape_for(graph.n_node, graph.n_edge, 1)
     batch = collate([graph], *shape, dtype=np.dtype(args.dtype), labels=False)
     add_named_scopes()
-    compiled = _jitted(potential.config).lower(potential.params, batch).compile()
+    compiled = _jitted(potential.config, potential.runtime).lower(potential.params, batch).compile()
     instructions = parse_hlo(compiled.as_text())
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost

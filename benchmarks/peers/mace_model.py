@@ -1,7 +1,7 @@
 """The MACE model the benchmarks compare with (shared by mace_timing.py and mace_md.py).
 
 Random weights, architecture of MACE-MP-0 "small", the 2023-12-10-mace-128-L0_energy run of
-the mace-mp repository: ScaleShiftMACE, hidden irreps 128x0e, max_ell 3, correlation 3,
+the mace-mp repository (or of "medium": hidden irreps 128x0e+128x1o, the rest alike): ScaleShiftMACE, hidden irreps 128x0e, max_ell 3, correlation 3,
 2 interactions, RealAgnosticResidualInteractionBlock first and after, radial MLP [64, 64, 64],
 MLP_irreps 16x0e, SiLU gate, polynomial cutoff 5; cutoff and Bessel count as given.
 
@@ -25,9 +25,15 @@ TWO_ELEMENTS = [14, 29]  # Si, Cu
 AVG_NUM_NEIGHBORS = 30.0  # a constant normaliser; it does not change the cost
 
 
-def build_model(elements: list[int], r_max: float, num_bessel: int) -> torch.nn.Module:
-    """A MACE-MP-0-small-like ScaleShiftMACE over ``elements`` (atomic numbers), in eval mode,
-    with torch's current default dtype and random generator."""
+#: hidden irreps of MACE-MP-0 "small" and "medium" (2023-12-03-mace-128-L1_epoch-199); the
+#: rest of the architecture is the same in both.
+HIDDEN_IRREPS = {"small": "128x0e", "medium": "128x0e+128x1o"}
+
+
+def build_model(elements: list[int], r_max: float, num_bessel: int, size: str = "small") -> torch.nn.Module:
+    """A MACE-MP-0-small-like (``size`` "small") or -medium-like ScaleShiftMACE over
+    ``elements`` (atomic numbers), in eval mode, with torch's current default dtype and random
+    generator."""
     interaction = modules.interaction_classes["RealAgnosticResidualInteractionBlock"]
     model = modules.ScaleShiftMACE(
         r_max=r_max,
@@ -38,7 +44,7 @@ def build_model(elements: list[int], r_max: float, num_bessel: int) -> torch.nn.
         interaction_cls_first=interaction,
         num_interactions=2,
         num_elements=len(elements),
-        hidden_irreps=o3.Irreps("128x0e"),
+        hidden_irreps=o3.Irreps(HIDDEN_IRREPS[size]),
         MLP_irreps=o3.Irreps("16x0e"),
         atomic_energies=np.zeros(len(elements)),
         avg_num_neighbors=AVG_NUM_NEIGHBORS,

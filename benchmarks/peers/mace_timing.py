@@ -7,19 +7,21 @@ Not meant to be run by hand. ``bench_potential.py`` starts it as
 (inheriting its single-core affinity) and talks to it with one JSON object per line on
 stdin/stdout, so that the two sides can be timed round after round, interleaved:
 
-    {"cmd": "setup", "xyz": path, "dtype": "float32", "r_max": 5.0, "seed": 0}
+    {"cmd": "setup", "xyz": path, "dtype": "float32", "r_max": 5.0, "seed": 0, "models": [...]}
         -> {"versions": {...}, "models": {name: {"params": n, "elements": k}},
             "systems": [{"atoms": n, "edges": e}, ...]}
     {"cmd": "warmup", "model": name, "system": i, "calls": 1} -> {"first_s": t}
-    {"cmd": "time", "model": name, "system": i}      -> {"seconds": t, "energy": e}
+    {"cmd": "time", "model": name, "system": i}      -> {"seconds": t, "cpu_seconds": c, "energy": e}
     {"cmd": "data", "system": i}                     -> {"seconds": t}
     {"cmd": "quit"}
 
-Models (random weights, architecture of MACE-MP-0 "small", built by mace_model.py; cutoff and
-Bessel count as given):
+Models (random weights, built by mace_model.py; cutoff and Bessel count as given; "setup" builds
+those named in its optional "models" list, by default "mp0" and "2el"):
 
-- "mp0": the 89 elements H..Ac of MACE-MP-0, as the foundation model has them;
-- "2el": only Si and Cu, the species of the mlip models it is compared with.
+- "mp0": architecture of MACE-MP-0 "small", with the 89 elements H..Ac of MACE-MP-0, as the
+  foundation model has them;
+- "2el": the same with only Si and Cu, the species of the mlip models it is compared with;
+- "mp0-medium": architecture of MACE-MP-0 "medium" (128x0e+128x1o), 89 elements.
 
 The element count matters for speed: MACE's residual skip connection is a tensor product of
 the node features with the one-hot species (128 x n_elements x 128 weights per layer), and its
@@ -71,20 +73,26 @@ def make_batch(atoms: ase.Atoms, z_table, r_max: float) -> dict:
     return next(iter(loader)).to_dict()
 
 
+#: model name -> (elements, MACE-MP-0 size)
+MODELS = {"mp0": (MP0_ELEMENTS, "small"), "2el": (TWO_ELEMENTS, "small"), "mp0-medium": (MP0_ELEMENTS, "medium")}
+
+
 class Server:
     def __init__(self):
         self.models, self.tables, self.batches, self.structures = {}, {}, {}, []
         self.r_max = 5.0
 
-    def setup(self, xyz: str, dtype: str, r_max: float, num_bessel: int, seed: int):
+    def setup(self, xyz: str, dtype: str, r_max: float, num_bessel: int, seed: int,
+              models: tuple[str, ...] = ("mp0", "2el")):
         torch.set_default_dtype(getattr(torch, dtype))
         torch.manual_seed(seed)
         self.r_max = r_max
         self.structures = ase.io.read(xyz, index=":")
         self.models, self.tables, self.batches = {}, {}, {}
         info = {}
-        for name, elements in (("mp0", MP0_ELEMENTS), ("2el", TWO_ELEMENTS)):
-            self.models[name] = build_model(elements, r_max, num_bessel)
+        for name in models:
+            elements, size = MODELS[name]
+            self.models[name] = build_model(elements, r_max, num_bessel, size)
             self.tables[name] = tools.AtomicNumberTable(elements)
             self.batches[name] = [make_batch(a, self.tables[name], r_max) for a in self.structures]
             info[name] = {
@@ -93,7 +101,7 @@ class Server:
             }
         systems = [
             {"atoms": len(a), "edges": int(b["edge_index"].shape[1])}
-            for a, b in zip(self.structures, self.batches["mp0"])
+            for a, b in zip(self.structures, self.batches[models[0]])
         ]
         versions = {
             "torch": torch.__version__,
@@ -120,13 +128,13 @@ class Server:
         return {"first_s": first}
 
     def time(self, model: str, system: int):
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         energy = self.evaluate(model, system)
-        return {"seconds": time.perf_counter() - start, "energy": energy}
+        return {"seconds": time.perf_counter() - start, "cpu_seconds": time.process_time() - cpu, "energy": energy}
 
     def data(self, system: int):
         start = time.perf_counter()
-        make_batch(self.structures[system], self.tables["mp0"], self.r_max)
+        make_batch(self.structures[system], next(iter(self.tables.values())), self.r_max)
         return {"seconds": time.perf_counter() - start}
 
 
