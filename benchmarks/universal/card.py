@@ -18,7 +18,9 @@ the reference data in ../shared/data. Four parts, each on frames never trained o
 4. speed: energy + forces + stress through each ASE calculator, on this process's CPU affinity
    with one thread (pin it with taskset), steady state, median of ``--repeats`` calls.
 
-Prints markdown tables and writes every number to ``-o`` (JSON).
+Prints markdown tables and writes every number to ``-o`` (JSON). The teacher's half of parts
+1 and 2 does not depend on the model: it is kept in ``--teacher-cache`` (JSON, keyed by
+teacher, data and frame count) so measuring a later model skips it (about an hour of CPU).
 """
 
 from __future__ import annotations
@@ -56,20 +58,23 @@ def load(args):
     return potential, teacher, teacher.build(), frames
 
 
-def errors(potential, teacher_calc, frames, progress) -> dict:
+def errors(potential, teacher_calc, frames, progress, cache: dict) -> dict:
     """Model and teacher metrics on the same frames (mlip.evaluate units)."""
     from tqdm.auto import tqdm
 
     from mlip.evaluate import Metrics, evaluate
 
     student = evaluate(potential, iter(frames), max_nodes=512, progress=progress).to_dict()
+    if "errors" in cache:
+        return {"model": student, "teacher": cache["errors"]}
     teacher = Metrics()
     for frame in tqdm(frames, desc="teacher", disable=not progress):
         atoms = frame.to_atoms()
         atoms.calc = teacher_calc
         stress = atoms.get_stress(voigt=False) if atoms.pbc.all() else None
         teacher.add_frame(frame, atoms.get_potential_energy(), atoms.get_forces(), stress)
-    return {"model": student, "teacher": teacher.to_dict()}
+    cache["errors"] = teacher.to_dict()
+    return {"model": student, "teacher": cache["errors"]}
 
 
 def _pick(frames, n, max_atoms, seed):
@@ -78,7 +83,7 @@ def _pick(frames, n, max_atoms, seed):
     return [small[k].to_atoms() for k in sorted(order)]
 
 
-def relaxation(potential, teacher_calc, frames, n, progress) -> dict:
+def relaxation(potential, teacher_calc, frames, n, progress, cache: dict, save) -> dict:
     """Final energy/atom and volume of the model's relaxations vs the teacher's."""
     import warnings
 
@@ -92,19 +97,25 @@ def relaxation(potential, teacher_calc, frames, n, progress) -> dict:
     for atoms in structures:
         atoms.calc = None
     ours = sim.relax(potential, structures, fmax=0.05, relax_cell=True, max_steps=300, progress=progress)
+    done = cache.setdefault("relaxation", {})  # formula#index -> teacher's [energy/atom, volume]
     rows = []
-    for atoms, result in tqdm(list(zip(structures, ours)), desc="teacher relax", disable=not progress):
-        reference = atoms.copy()
-        reference.calc = teacher_calc
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # scipy's logm inside the cell filter
-            FIRE(FrechetCellFilter(reference), logfile=None).run(fmax=0.05, steps=300)
+    for k, (atoms, result) in enumerate(tqdm(list(zip(structures, ours)), desc="teacher relax",
+                                             disable=not progress)):
+        key = f"{atoms.get_chemical_formula()}#{k}"
+        if key not in done:
+            reference = atoms.copy()
+            reference.calc = teacher_calc
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # scipy's logm inside the cell filter
+                FIRE(FrechetCellFilter(reference), logfile=None).run(fmax=0.05, steps=300)
+            done[key] = [reference.get_potential_energy() / len(atoms), reference.get_volume()]
+            save()  # each teacher relaxation is kept as soon as it is done
         n_atoms = len(atoms)
         rows.append({
             "formula": atoms.get_chemical_formula(),
             "status": result.status,
-            "energy_per_atom": (result.energy / n_atoms, reference.get_potential_energy() / n_atoms),
-            "volume": (result.atoms.get_volume(), reference.get_volume()),
+            "energy_per_atom": (result.energy / n_atoms, done[key][0]),
+            "volume": (result.atoms.get_volume(), done[key][1]),
         })
     finite = [r for r in rows if np.isfinite(r["energy_per_atom"][0])]
     dv = np.array([abs(v[0] / v[1] - 1) for v in (r["volume"] for r in finite)])
@@ -167,6 +178,17 @@ def markdown(card: dict) -> str:
     for name, unit in (("energy", "meV/atom"), ("forces", "meV/Å"), ("stress", "GPa")):
         m, t = card["errors"]["model"][name]["mae"], card["errors"]["teacher"][name]["mae"]
         lines.append(f"| {name} MAE ({unit}) | {m:.3g} | {t:.3g} |")
+    lines += ["", "| element | atoms | F MAE model | F MAE teacher | E frames | E MAE model | E MAE teacher |",
+              "|---|---:|---:|---:|---:|---:|---:|"]
+    model, teacher = card["errors"]["model"]["elements"], card["errors"]["teacher"]["elements"]
+
+    def cell(value):
+        return "-" if value is None else f"{value:.0f}"
+
+    for symbol, row in sorted(model.items(), key=lambda item: -item[1]["atoms"]):
+        other = teacher.get(symbol, {})
+        lines.append(f"| {symbol} | {row['atoms']} | {cell(row['forces_mae'])} | {cell(other.get('forces_mae'))} | "
+                     f"{row['energy_frames']} | {cell(row['energy_mae'])} | {cell(other.get('energy_mae'))} |")
     if "relaxation" in card:
         r = card["relaxation"]
         lines.append(f"\nRelaxation vs teacher ({r['structures']} structures): median |ΔV|/V "
@@ -183,6 +205,12 @@ def markdown(card: dict) -> str:
     return "\n".join(lines)
 
 
+def _save(path: Path, data: dict) -> None:
+    from mlip.fileio import atomic_write_bytes
+
+    atomic_write_bytes(path, json.dumps(data, indent=1).encode())
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", help="potential file or bundled model name")
@@ -193,25 +221,31 @@ def main(argv=None):
     parser.add_argument("--md", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("-o", "--output", type=Path)
+    parser.add_argument("--teacher-cache", type=Path, default=Path(__file__).with_name("teacher-card.json"),
+                        help="JSON of the teacher's results, reused when teacher, data and frames match")
     parser.add_argument("-q", "--quiet", action="store_true")
     args = parser.parse_args(argv)
     potential, teacher, teacher_calc, frames = load(args)
     progress = not args.quiet
+    key = {"teacher": f"{teacher.name}, {teacher.version}", "data": str(args.data), "frames": len(frames)}
+    cache = json.loads(args.teacher_cache.read_text()) if args.teacher_cache.exists() else {}
+    if cache.get("key") != key:
+        cache = {"key": key}
     card = {"model": str(args.model), "teacher": f"{teacher.name}, {teacher.version}",
             "data": str(args.data), "frames": len(frames), "cpu": cpu_model(),
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="minutes")}
-    card["errors"] = errors(potential, teacher_calc, frames, progress)
+    card["errors"] = errors(potential, teacher_calc, frames, progress, cache)
+    _save(args.teacher_cache, cache)
     if args.relax:
-        card["relaxation"] = relaxation(potential, teacher_calc, frames, args.relax, progress)
+        card["relaxation"] = relaxation(potential, teacher_calc, frames, args.relax, progress, cache,
+                                        lambda: _save(args.teacher_cache, cache))
     if args.md:
         card["stability"] = stability(potential, frames, args.md, progress)
     if args.repeats:
         card["speed"] = speed(potential, teacher_calc, frames, args.repeats)
     print(markdown(card))
     if args.output:
-        from mlip.fileio import atomic_write_bytes
-
-        atomic_write_bytes(args.output, json.dumps(card, indent=1).encode())
+        _save(args.output, card)
 
 
 if __name__ == "__main__":
