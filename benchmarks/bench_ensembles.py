@@ -30,7 +30,6 @@ def main() -> None:
     import test_sim_ensembles as t  # the CI test's samplers, at other lengths
     from ase.build import bulk
 
-    from mlip.cli import bundled_model
     from mlip.potential import Potential
     from mlip.sim.ensembles import ENSEMBLES
 
@@ -39,9 +38,9 @@ def main() -> None:
     parser.add_argument("--ensembles", nargs="+", default=[n for n in ENSEMBLES if n != "nve"])
     args = parser.parse_args()
     t.STEPS = args.steps
-    potential = Potential.load(bundled_model()).astype("float64")
+    potential = Potential.load("mlearn-si").astype("float64")
     atoms = bulk("Si", "diamond", a=5.46, cubic=True)
-    print(f"8-atom diamond Si, bundled model (float64), {t.TEMPERATURE} K, {t.PRESSURE} GPa, {t.PARAMETERS}")
+    print(f"8-atom diamond Si, bundled mlearn-si model (float64), {t.TEMPERATURE} K, {t.PRESSURE} GPa, {t.PARAMETERS}")
     print("| ensemble | quantity | device | ASE | difference / error | seconds |\n|---|---|---:|---:|---:|---:|")
     for name in args.ensembles:
         start = time.perf_counter()

@@ -267,11 +267,10 @@ def simulation_model(sizes: dict):
     """The potential of relax, md and precision: the bundled mlearn Si model (small preset,
     trained: a random model's landscape is too rugged for relaxations to mean much), or the
     --tiny model."""
-    from mlip.cli import bundled_model
     from mlip.potential import Potential
 
     if sizes["trained"]:
-        return "small (mlearn Si, trained)", Potential.load(bundled_model())
+        return "small (mlearn Si, trained)", Potential.load("mlearn-si")
     preset, overrides = next(iter(sizes["presets"].items()))
     return f"{preset} (random)", model(preset, overrides)
 

@@ -20,9 +20,7 @@ PARAMETERS = Parameters(timestep=2.0, friction=0.1, tau=20.0, tau_p=50.0)
 
 @pytest.fixture(scope="module")
 def silicon_model():
-    from mlip.cli import bundled_model
-
-    return Potential.load(bundled_model()).astype("float64")
+    return Potential.load("mlearn-si").astype("float64")  # the bundled silicon model
 
 
 def block_mean(samples: np.ndarray, blocks: int = 8) -> tuple[float, float]:

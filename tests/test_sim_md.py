@@ -85,9 +85,7 @@ def test_anisotropic_npt_restores_the_cubic_shape_of_silicon():
     # A physical potential (the bundled mlearn Si model): diamond Si stretched 4% along x (and,
     # in the same batch, along z) relaxes back towards a cube under the anisotropic barostat,
     # at the model's equilibrium volume (a = 5.46 Å); the isotropic one would keep the 4%.
-    from mlip.cli import bundled_model
-
-    silicon_model = Potential.load(bundled_model()).astype("float64")
+    silicon_model = Potential.load("mlearn-si").astype("float64")
     stretched = []
     for axis in (0, 2):
         atoms = bulk("Si", "diamond", a=5.46, cubic=True)
