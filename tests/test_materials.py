@@ -122,10 +122,10 @@ def test_commands(tmp_path, capsys):
 
     structure = tmp_path / "si.extxyz"
     ase.io.write(structure, bulk("Si", "diamond", a=5.45))
-    assert main(["eos", str(structure), "-o", str(tmp_path / "eos")]) == 0
+    assert main(["eos", str(structure), "--model", "mlearn-si", "-o", str(tmp_path / "eos")]) == 0
     fit = json.loads((tmp_path / "eos.json").read_text())
     assert 50 < fit["b0_GPa"] < 200 and (tmp_path / "eos.png").stat().st_size > 0
-    assert main(["elastic", str(structure), "--clamped-ions", "-o", str(tmp_path / "elastic")]) == 0
+    assert main(["elastic", str(structure), "--model", "mlearn-si", "--clamped-ions", "-o", str(tmp_path / "elastic")]) == 0
     result = json.loads((tmp_path / "elastic.json").read_text())
     assert np.shape(result["C_GPa"]) == (6, 6) and (tmp_path / "elastic.png").stat().st_size > 0
     slab = bulk("Si", "diamond", a=5.45)

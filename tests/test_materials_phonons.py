@@ -41,7 +41,7 @@ def test_phonons_command(tmp_path, capsys):
     structure = tmp_path / "si.extxyz"
     ase.io.write(structure, bulk("Si", "diamond", a=5.45))
     prefix = tmp_path / "ph"
-    assert main(["phonons", str(structure), "--supercell", "2", "2", "2", "--mesh", "6", "6", "6", "-o", str(prefix)]) == 0
+    assert main(["phonons", str(structure), "--model", "mlearn-si", "--supercell", "2", "2", "2", "--mesh", "6", "6", "6", "-o", str(prefix)]) == 0
     frequencies = json.loads(prefix.with_suffix(".json").read_text())["frequencies_THz"]
     np.testing.assert_allclose(frequencies["Gamma"][:3], 0.0, atol=0.05)  # acoustic sum rule
     assert min(frequencies["X"]) > 1.0  # a stable crystal
