@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from importlib import resources
 from pathlib import Path
 
 from mlip.errors import MlipError
@@ -15,8 +14,10 @@ log = logging.getLogger("mlip")
 
 
 def bundled_structure() -> Path:
-    """The structure shipped with mlip (64-atom diamond Si), used when none is given."""
-    return Path(str(resources.files("mlip") / "assets" / "Si64-diamond.extxyz"))
+    """The default bundled model's example structure (`mlip models`), used when none is given."""
+    from mlip.registry import default_model
+
+    return default_model().example
 
 
 def bundled_model() -> Path:
@@ -96,8 +97,8 @@ def _cmd_models(args) -> None:
     rows = []
     for card in bundled_models():
         potential = Potential.load(card.path)
-        row = {k: v for k, v in dataclasses.asdict(card).items() if k != "path"}
-        row.update(file=str(card.path), elements=list(potential.config.species_symbols),
+        row = {k: v for k, v in dataclasses.asdict(card).items() if k not in ("path", "example")}
+        row.update(file=str(card.path), example=str(card.example), elements=list(potential.config.species_symbols),
                    num_params=potential.num_params)
         rows.append(row)
     if args.json:

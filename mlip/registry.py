@@ -1,7 +1,8 @@
 """Bundled models: a registry of potential files shipped in ``mlip/assets``, each with its card.
 
 ``mlip/assets/models.json`` lists every bundled model: its name, file, whether it is the
-default of the commands that take ``--model``, and its model card (training data, teacher,
+default of the commands that take ``--model``, an example structure of its elements (what
+``mlip relax`` and ``mlip md`` run when given none), and its model card (training data, teacher,
 test errors and the command that measured them). `resolve_model` turns what a user typed
 (a bundled name or a path) into a file.
 """
@@ -27,6 +28,8 @@ class ModelCard:
         name: what users type (``--model NAME``, ``Potential.load(NAME)``).
         path: the potential file.
         default: whether commands use it when no model is given.
+        example: a bundled structure (extxyz) of elements the model knows, which commands run
+            when no structure is given.
         description, training_data: prose.
         teacher: the teacher it was distilled from, or None.
         test_errors: measured errors ({"data": ..., "energy_mae_mev_per_atom": ...}).
@@ -36,6 +39,7 @@ class ModelCard:
     name: str
     path: Path
     default: bool
+    example: Path
     description: str
     training_data: str
     teacher: str | None
@@ -50,8 +54,9 @@ def _assets() -> Path:
 def bundled_models() -> list[ModelCard]:
     """Every bundled model, in registry order."""
     entries = json.loads((_assets() / _REGISTRY).read_text())["models"]
-    fields = {f.name for f in dataclasses.fields(ModelCard)} - {"path"}
-    return [ModelCard(path=_assets() / entry["file"], **{k: entry[k] for k in fields})
+    fields = {f.name for f in dataclasses.fields(ModelCard)} - {"path", "example"}
+    return [ModelCard(path=_assets() / entry["file"], example=_assets() / entry["example"],
+                      **{k: entry[k] for k in fields})
             for entry in entries]
 
 

@@ -2,6 +2,7 @@
 
 import json
 
+import ase.io
 import pytest
 
 from mlip.cli import bundled_model, main
@@ -16,7 +17,11 @@ def test_exactly_one_default_and_every_file_loads():
     assert bundled_model() == default_model().path
     for card in cards:
         assert card.path.is_file() and card.test_errors["data"]
-        assert Potential.load(card.name).config == Potential.load(card.path).config
+        potential = Potential.load(card.name)
+        assert potential.config == Potential.load(card.path).config
+        # The example structure is what relax and md run with this model when given none.
+        example = set(ase.io.read(card.example).get_chemical_symbols())
+        assert example <= set(potential.config.species_symbols), card.name
 
 
 def test_unknown_names_list_the_bundled_ones(tmp_path):
@@ -38,7 +43,6 @@ def test_mlip_models_prints_the_cards(capsys):
 
 
 def test_commands_take_a_bundled_name(capsys):
-    from mlip.cli import bundled_structure
-
-    assert main(["predict", "mlearn-si", str(bundled_structure())]) == 0
+    silicon = next(card.example for card in bundled_models() if card.name == "mlearn-si")
+    assert main(["predict", "mlearn-si", str(silicon)]) == 0
     assert "eV" in capsys.readouterr().out
