@@ -235,9 +235,20 @@ def test_generate_and_label_from_the_command_line(tmp_path, capsys):
     assert "2 seeds" in capsys.readouterr().out
     out = tmp_path / "labels"
     args = ["label", str(seeds), "-o", str(out), "--teacher", "lj", "--relax-steps", "3",
-            "--perturbations", "1", "--md-steps", "2", "-q"]
+            "--perturbations", "1", "--rattle", "0.01", "0.02", "--strain", "0.01", "--md-steps", "2",
+            "--md-temperature", "300", "400", "-q"]
     assert main(args) == 0
     assert "from 2/2 seeds" in capsys.readouterr().out
+    data = ShardedDataset(out)
+    assert data.meta["recipe"]["rattle"] == [0.01, 0.02] and data.meta["recipe"]["md_temperature"] == [300, 400]
+    methods = [data[i].info["method"] for i in range(len(data))]
+    for method in methods:
+        if method.startswith("perturb"):
+            rattle, strain = (float(part.split("=")[1]) for part in method.split(":")[1].split(","))
+            assert 0.01 <= rattle <= 0.02 and strain <= 0.01
+        if method.startswith("md"):
+            assert 300 <= float(method.split("T=")[1].split("K")[0]) <= 400
+    assert main(args[:-3] + ["500", "400", "-q"]) == 2 and "md-temperature" in capsys.readouterr().err
     assert main(args) == 2 and "--resume" in capsys.readouterr().err
     assert main(["label", str(tmp_path / "missing.xyz"), "-o", str(out)]) == 2
     assert main(["label", str(seeds), "-o", str(tmp_path / "x"), "--teacher", "nope"]) == 2

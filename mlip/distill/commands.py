@@ -50,8 +50,12 @@ def _cmd_label(args) -> None:
             raise MlipError(f"seeds {path}: no such file (make one with mlip generate)")
         read = ase.io.read(path, index=args.index)
         seeds += read if isinstance(read, list) else [read]
-    recipe = Recipe(relax_steps=args.relax_steps, perturbations=args.perturbations,
-                    md_steps=args.md_steps, seed=args.seed)
+    if not (0 <= args.rattle[0] <= args.rattle[1] and 0 <= args.strain < 0.5
+            and 0 < args.md_temperature[0] <= args.md_temperature[1]):
+        raise MlipError("label: need 0 <= rattle MIN <= MAX, 0 <= strain < 0.5 and 0 < md-temperature MIN <= MAX")
+    recipe = Recipe(relax_steps=args.relax_steps, perturbations=args.perturbations, rattle=tuple(args.rattle),
+                    strain=args.strain, md_steps=args.md_steps, md_temperature=tuple(args.md_temperature),
+                    seed=args.seed)
     filters = Filters(max_force=args.max_force, max_stress=args.max_stress)
     # A labelling run is long and often started in the background (where SIGINT is ignored) or
     # stopped by a scheduler (SIGTERM): both end it as Ctrl-C does, committing finished seeds.
@@ -101,7 +105,12 @@ def add_parsers(commands) -> None:
     lab.add_argument("--index", default=":", help="seeds to label from each file, ase slice syntax")
     lab.add_argument("--relax-steps", type=int, default=30)
     lab.add_argument("--perturbations", type=int, default=8)
+    lab.add_argument("--rattle", type=float, nargs=2, default=(0.02, 0.15), metavar=("MIN", "MAX"),
+                     help="Gaussian rattle of the perturbed copies, sigma drawn in [MIN, MAX] Å")
+    lab.add_argument("--strain", type=float, default=0.05, help="largest strain component of the perturbed copies")
     lab.add_argument("--md-steps", type=int, default=24)
+    lab.add_argument("--md-temperature", type=float, nargs=2, default=(300.0, 1500.0), metavar=("MIN", "MAX"),
+                     help="Langevin MD temperature, drawn in [MIN, MAX] K per seed")
     lab.add_argument("--max-force", type=float, default=30.0, help="drop frames with a larger force, eV/Å")
     lab.add_argument("--max-stress", type=float, default=200.0, help="drop frames with a larger stress, GPa")
     lab.add_argument("--seeds-per-shard", type=int, default=50)
