@@ -18,7 +18,8 @@ edge-frame components and radial rows into the m-blocked layout and scatters the
    base chain patched in (`base_chain`).
 3. Saved models (``--models``): energies of before and after, float32 and float64.
 
-Prints the median over rounds of each side and the median of the per-round ratios after/before.
+Prints, for wall time and for the process's CPU time per call, the median over rounds of each
+side and the median of the per-round ratios after/before.
 """
 
 from __future__ import annotations
@@ -83,17 +84,30 @@ def base_chain(message):
 
 
 def interleave(calls: dict, rounds: int) -> dict:
-    """Median seconds per call of each callable and median per-round ratio of the last to the first."""
-    times = {name: [] for name in calls}
+    """Per callable, the median over rounds of its wall time and of this process's CPU time per
+    call (all threads; under heavy load from other processes, time spent waiting for a core
+    counts in the wall time only), and per clock the median of the per-round ratios of the last
+    callable to the first, with their range."""
+    times = {name: {"wall": [], "cpu": []} for name in calls}
     for _ in range(rounds):
         for name, call in calls.items():
-            start = time.perf_counter()
+            wall, cpu = time.perf_counter(), time.process_time()
             jax.block_until_ready(call())
-            times[name].append(time.perf_counter() - start)
+            times[name]["cpu"].append(time.process_time() - cpu)
+            times[name]["wall"].append(time.perf_counter() - wall)
     first, last = list(times)[0], list(times)[-1]
-    ratios = np.array(times[last]) / np.array(times[first])
-    return {**{n: float(np.median(t)) for n, t in times.items()}, "ratio": float(np.median(ratios)),
-            "ratio_range": (float(ratios.min()), float(ratios.max()))}
+    result = {}
+    for clock in ("wall", "cpu"):
+        ratios = np.array(times[last][clock]) / np.array(times[first][clock])
+        result[clock] = {**{name: float(np.median(t[clock])) for name, t in times.items()},
+                         "ratio": float(np.median(ratios)), "range": (float(ratios.min()), float(ratios.max()))}
+    return result
+
+
+def describe(timing: dict) -> str:
+    return "; ".join(
+        f"{clock}: before {1e3 * t['before']:.0f}, after {1e3 * t['after']:.0f}, ratio {t['ratio']:.3f} "
+        f"(rounds {t['range'][0]:.2f}-{t['range'][1]:.2f})" for clock, t in timing.items())
 
 
 def message_path(preset: str, edges: int, rounds: int, before_message) -> dict:
@@ -109,11 +123,11 @@ def message_path(preset: str, edges: int, rounds: int, before_message) -> dict:
         return jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2))).lower(*inputs).compile()
 
     before, after = forward_backward(before_message), forward_backward(folded_message)
-    (value_b, grads_b), (value_a, grads_a) = before(*inputs), after(*inputs)
+    expected, got = before(*inputs), after(*inputs)  # (loss, gradients)
     deviation = max(float(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(b)))
-                    for a, b in zip(jax.tree.leaves(grads_a), jax.tree.leaves(grads_b)))
+                    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(expected)))
     timing = interleave({"before": lambda: before(*inputs), "after": lambda: after(*inputs)}, rounds)
-    return {**timing, "lmax": lmax, "mmax": mmax, "channels": channels, "gradient_deviation": deviation}
+    return {"timing": timing, "lmax": lmax, "mmax": mmax, "channels": channels, "gradient_deviation": deviation}
 
 
 def silicon_batch(repeats: int, dtype: str):
@@ -152,7 +166,7 @@ def whole_call(preset: str, rounds: int, before_message) -> dict:
     before, after = model_variants(potential, batch, before_message)
     out_b, out_a = before(), after()
     timing = interleave({"before": before, "after": after}, rounds)
-    return {**timing, "energy_rel": float(abs(out_a.energy[0] - out_b.energy[0]) / abs(out_b.energy[0])),
+    return {"timing": timing, "energy_rel": float(abs(out_a.energy[0] - out_b.energy[0]) / abs(out_b.energy[0])),
             "force_dev": float(jnp.max(jnp.abs(out_a.forces - out_b.forces)) / jnp.max(jnp.abs(out_b.forces))),
             "edges": int(batch.senders.shape[0])}
 
@@ -180,8 +194,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--base", default="9e00b39", help="commit whose so2_linear is 'before'")
     parser.add_argument("--edges", type=int, default=16384)
-    parser.add_argument("--rounds", type=int, default=15, help="rounds of the message-path timing")
-    parser.add_argument("--model-rounds", type=int, default=9, help="rounds of the whole-call timing")
+    parser.add_argument("--rounds", type=int, default=11, help="rounds of the message-path timing")
+    parser.add_argument("--model-rounds", type=int, default=7, help="rounds of the whole-call timing")
     parser.add_argument("--presets", nargs="+", default=["small", "medium"])
     parser.add_argument("--models", nargs="*", default=[str(REPO / "mlip/assets/mlearn-Si.mlip")])
     parser.add_argument("--skip", nargs="*", default=[], choices=["message", "model", "saved"])
@@ -193,16 +207,13 @@ def main():
         print(f"\nOne layer's message path, forward + backward, E = {args.edges}, float32 (ms; ratio after/before)")
         for preset in args.presets:
             r = message_path(preset, args.edges, args.rounds, before_message)
-            print(f"{preset} (lmax {r['lmax']}, mmax {r['mmax']}, C {r['channels']}): before {1e3 * r['before']:.0f}, "
-                  f"after {1e3 * r['after']:.0f}, ratio {r['ratio']:.3f} (rounds {r['ratio_range'][0]:.2f}-"
-                  f"{r['ratio_range'][1]:.2f}), max gradient deviation {r['gradient_deviation']:.1e}", flush=True)
+            print(f"{preset} (lmax {r['lmax']}, mmax {r['mmax']}, C {r['channels']}): {describe(r['timing'])}; "
+                  f"max deviation of loss and gradients {r['gradient_deviation']:.1e}", flush=True)
     if "model" not in args.skip:
         print("\nWhole call (energy + forces + stress), diamond Si 216 rattled, float32 (ms; ratio after/before)")
         for preset in args.presets:
             r = whole_call(preset, args.model_rounds, before_message)
-            print(f"{preset} ({r['edges']} padded edges): before {1e3 * r['before']:.0f}, after {1e3 * r['after']:.0f}, "
-                  f"ratio {r['ratio']:.3f} (rounds {r['ratio_range'][0]:.2f}-{r['ratio_range'][1]:.2f}), "
-                  f"energy rel. deviation {r['energy_rel']:.1e}, force deviation {r['force_dev']:.1e}", flush=True)
+            print(f"{preset} ({r['edges']} padded edges): {describe(r['timing'])}; energy rel. deviation {r['energy_rel']:.1e}, force deviation {r['force_dev']:.1e}", flush=True)
     if "saved" not in args.skip:
         print("\nSaved models on Si 64 (rattled): after vs before")
         for path, dtype, energy, force in saved_models(args.models, before_message):

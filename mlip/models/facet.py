@@ -5,11 +5,11 @@ One interaction block (DESIGN.md, "The model"):
     m_ij  = SO2Conv(x_ij, radial(|r_ij|))    per-|m| linear maps, distance-modulated
     a_i   = sum_j D_ij^T m_ij / avg_neighbors  rotate back, sum over neighbours
     h_i  <- h_i + a_i;  h_i <- h_i + Mix(Norm(h_i))
-The Wigner-D matrices D_ij are computed once per edge and shared by all blocks (and so is
-their folded form, mlip.nn.edge_frame.folded_wigner, which the blocks after the first use
-when they do not run the Pallas kernel). The energy of
-an atom is an MLP of its final scalar (l = 0) channels, scaled and shifted, plus E0 of its species,
-plus half its ZBL pair repulsion (optional, on by default).
+The Wigner-D matrices D_ij are computed once per edge and shared by all blocks, and so is their
+folded form (mlip.nn.edge_frame.folded_wigner), which the blocks after the first use when they
+do not run the Pallas kernel. The energy of an atom is an MLP of its final scalar (l = 0)
+channels, scaled and shifted, plus E0 of its species, plus half its ZBL pair repulsion
+(optional, on by default).
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ class Interaction(nn.Module):
 
         # Weights and h are taken as they are, so that edge_sum may run this over chunks of
         # edges inside a jax transformation (where flax modules cannot be called).
-        kernel = self.edge_chain is not None and self.edge_chain.name == "pallas"
+        kernel = runs_kernel(self.edge_chain)
 
         def message(edges):
             frame, lengths, senders, edge_mask = edges
@@ -90,6 +90,12 @@ class Interaction(nn.Module):
         else:
             mixing = Gate()
         return h + node_chunked(mixing, normed, node_chunk(self.edge_chunk))
+
+
+def runs_kernel(edge_chain: selection.Implementation | None) -> bool:
+    """Whether the general blocks run the Pallas kernel (on the Wigner blocks) rather than the
+    folded pure-JAX chain."""
+    return edge_chain is not None and edge_chain.name == "pallas"
 
 
 def node_chunked(module: nn.Module, x, chunk: int | None):
@@ -149,7 +155,7 @@ class FacetModel(nn.Module):
         lengths = jnp.where(edge_mask, jnp.sqrt(jnp.where(edge_mask, lengths2, 1.0)), 0.0)
         wigner = edge_map(lambda v: wigner_d(edge_rotation(v), c.lmax), vectors, self.edge_chunk)
         folded = None
-        if c.num_layers > 1 and not (self.edge_chain is not None and self.edge_chain.name == "pallas"):
+        if c.num_layers > 1 and not runs_kernel(self.edge_chain):
             # Once per call, shared by the blocks after the first (their edge chain).
             folded = edge_map(lambda w: folded_wigner(w, c.mmax), wigner, self.edge_chunk)
         embedding = nn.Embed(len(c.species), c.channels, name="species_embedding")(species)
