@@ -2,7 +2,8 @@
 never saved with a model), resolved for the platform the call runs on, with the kernel checked
 against its reference on first use.
 
-    "reference"  the pure-JAX reference everywhere (the unfused model, bit for bit);
+    "reference"  the pure-JAX model everywhere (`so2_message_folded`; the kernel is checked
+                 against `so2_message_reference`, the same function per degree, to rounding);
     "pallas"     the fused Pallas kernel (Triton on GPU; the Pallas interpreter on CPU, slow,
                  for tests);
     "auto"       "pallas" if the platform is "gpu", else "reference" (`resolve`).

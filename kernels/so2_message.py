@@ -7,7 +7,11 @@ For every edge e = (i <- j), with D_e the block-diagonal Wigner-D of its edge fr
 where SO2 is `mlip.nn.so2_conv.so2_linear` (per-|m| maps, |m| <= mmax, scaled by radial weights).
 
 - `so2_message_reference`: the model's own functions (edge_frame rotations around so2_linear),
-  so the reference path reproduces the unfused model bit for bit.
+  per degree, on the Wigner blocks: the kernel's reference (and its second derivatives).
+- `so2_message_folded`: the same function as one dot each way with the folded Wigner matrix
+  (`mlip.nn.edge_frame.folded_wigner`), without the constant-index gathers of the blocked
+  layout: what the model runs when it does not run the kernel (faster on the CPU; equal to the
+  reference to rounding, tests/test_so2_conv.py).
 - `so2_message_pallas`: one pass over tiles of edges. Each tile reads its sender features, its
   Wigner blocks and radial weights once and writes its message once; the edge-frame features and
   the per-|m| products stay on chip, where the reference writes each of them to memory as an
@@ -37,7 +41,7 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
 from mlip.nn.edge_frame import edge_rotation, rotate_from_edge_frame, rotate_to_edge_frame, wigner_d
-from mlip.nn.so2_conv import SO2Convolution, so2_linear
+from mlip.nn.so2_conv import SO2Convolution, so2_linear, so2_linear_blocked
 
 #: Edges per kernel program. Not tuned: no GPU has been available to measure it.
 TILE = 32
@@ -61,6 +65,20 @@ def so2_message_reference(x, wigner, radial, weights: dict, lmax: int, mmax: int
         message = so2_linear(x_edge, radial, weights, lmax, mmax)
     with jax.named_scope("rotate_from_edge_frame"):
         return rotate_from_edge_frame(message, wigner)
+
+
+def so2_message_folded(x, folded, radial, weights: dict, lmax: int, mmax: int):
+    """The same function as `so2_message_reference`, with the folded Wigner matrix
+    ``folded`` [E, K, (lmax+1)**2] (`mlip.nn.edge_frame.folded_wigner` of the blocks) in place
+    of the blocks: rotate into the edge frame and into the m-blocked order in one dot, the SO(2)
+    blocks, and back in one dot. Other arguments and the result as in `so2_message_reference`.
+    """
+    with jax.named_scope("rotate_to_edge_frame"):
+        x_blocked = jnp.einsum("ekj,ejc->ekc", folded, x)
+    with jax.named_scope("SO2Convolution"):
+        message = so2_linear_blocked(x_blocked, radial, weights, lmax, mmax)
+    with jax.named_scope("rotate_from_edge_frame"):
+        return jnp.einsum("eki,ekc->eic", folded, message)
 
 
 def so2_message_pallas(x, wigner, radial, weights: dict, lmax: int, mmax: int, *, interpret: bool = False, tile: int = TILE):

@@ -178,3 +178,33 @@ def test_scalar_path_equals_the_general_convolution_on_scalar_input(lmax, mmax):
     w0 = params["params"]["w0"][:c_in]
     got = ScalarSO2Convolution(lmax, c_out).apply({"params": {"w0": w0}}, scalars, radial[:, :c_in], blocks)
     np.testing.assert_allclose(got, expected, atol=1e-12)
+
+
+@pytest.mark.parametrize("lmax, mmax", [(1, 0), (2, 1), (2, 2), (3, 2), (3, 3), (4, 2)])
+def test_folded_rotation_equals_the_per_degree_chain(lmax, mmax):
+    """The model's edge chain with the folded Wigner matrix (one dot each way, no gathers) is
+    the per-degree chain (rotate, gather to the m-blocked layout, SO(2), scatter, rotate back):
+    values and the gradients of every input, through the fold into the Wigner blocks, float64,
+    padding edges included."""
+    from kernels.so2_message import random_inputs, so2_message_folded, so2_message_reference
+    from mlip.nn.edge_frame import block_diag_wigner, folded_wigner
+    from mlip.nn.so2_conv import _index_maps
+
+    x, wigner, radial, weights = random_inputs(jax.random.PRNGKey(lmax + 10 * mmax), lmax, mmax, 6, 5, 11, 2, jnp.float64)
+    gather, _ = _index_maps(lmax, mmax)
+    np.testing.assert_array_equal(folded_wigner(list(wigner), mmax), block_diag_wigner(list(wigner))[:, gather])
+    probe = jax.random.normal(jax.random.PRNGKey(1), (11, (lmax + 1) ** 2, 5), jnp.float64)
+
+    def folded(x, wigner, radial, weights):
+        return so2_message_folded(x, folded_wigner(list(wigner), mmax), radial, weights, lmax, mmax)
+
+    def value_and_gradients(message):
+        def loss(*args):
+            return jnp.sum(probe * message(*args))
+
+        return jax.jit(lambda *a: (message(*a), jax.grad(loss, argnums=(0, 1, 2, 3))(*a)))(x, wigner, radial, weights)
+
+    got = value_and_gradients(folded)
+    expected = value_and_gradients(functools.partial(so2_message_reference, lmax=lmax, mmax=mmax))
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(expected), strict=True):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-13 * float(np.abs(b).max()))

@@ -5,9 +5,11 @@ One interaction block (DESIGN.md, "The model"):
     m_ij  = SO2Conv(x_ij, radial(|r_ij|))    per-|m| linear maps, distance-modulated
     a_i   = sum_j D_ij^T m_ij / avg_neighbors  rotate back, sum over neighbours
     h_i  <- h_i + a_i;  h_i <- h_i + Mix(Norm(h_i))
-The Wigner-D matrices D_ij are computed once per edge and shared by all blocks. The energy of
-an atom is an MLP of its final scalar (l = 0) channels, scaled and shifted, plus E0 of its species,
-plus half its ZBL pair repulsion (optional, on by default).
+The Wigner-D matrices D_ij are computed once per edge and shared by all blocks, and so is their
+folded form (mlip.nn.edge_frame.folded_wigner), which the blocks after the first use when they
+do not run the Pallas kernel. The energy of an atom is an MLP of its final scalar (l = 0)
+channels, scaled and shifted, plus E0 of its species, plus half its ZBL pair repulsion
+(optional, on by default).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import jax.numpy as jnp
 # other may still be initialising here.
 from kernels import selection, so2_message
 from mlip.models.config import FacetConfig
-from mlip.nn.edge_frame import edge_rotation, wigner_d
+from mlip.nn.edge_frame import edge_rotation, folded_wigner, wigner_d
 from mlip.nn.gate import Gate
 from mlip.nn.norm import EquivariantRMSNorm
 from mlip.nn.message_passing import edge_map, edge_sum, node_chunk, pad_edges
@@ -39,6 +41,11 @@ class Interaction(nn.Module):
     takes the cheap exact path `ScalarSO2Convolution` instead.
     ``edge_chunk``: edges per chunk of the message sum (mlip.nn.message_passing.edge_sum);
     None sums all edges in one pass.
+
+    Call: ``(h, wigner, folded, lengths, senders, receivers, edge_mask)``, with ``wigner`` the
+    per-edge Wigner blocks (used by the scalar path and the kernel) and ``folded`` their
+    `folded_wigner` [E, K, (lmax+1)**2] (used by the general path without the kernel; None
+    where no block needs it).
     """
 
     config: FacetConfig
@@ -47,7 +54,7 @@ class Interaction(nn.Module):
     edge_chunk: int | None = None
 
     @nn.compact
-    def __call__(self, h, wigner, lengths, senders, receivers, edge_mask):
+    def __call__(self, h, wigner, folded, lengths, senders, receivers, edge_mask):
         c = self.config
         radial_size = c.channels if self.scalar_input else SO2Convolution.radial_size(c.lmax, c.mmax, c.channels)
         radial_kernel = RadialEmbedding(c.num_radial, radial_size, c.r_cut, basis=c.radial_basis).kernel(h.dtype)
@@ -58,19 +65,23 @@ class Interaction(nn.Module):
 
         # Weights and h are taken as they are, so that edge_sum may run this over chunks of
         # edges inside a jax transformation (where flax modules cannot be called).
+        kernel = runs_kernel(self.edge_chain)
+
         def message(edges):
-            wigner, lengths, senders, edge_mask = edges
+            frame, lengths, senders, edge_mask = edges
             radial = radial_embedding(lengths, radial_kernel, c.r_cut, c.num_radial, c.radial_basis)
             radial = jnp.where(edge_mask[:, None], radial, 0.0)  # padding edges carry no message
             if self.scalar_input:
-                return scalar_so2_message(h[senders, 0], radial, wigner, w0, c.lmax)
-            if self.edge_chain is not None and self.edge_chain.name == "pallas":
+                return scalar_so2_message(h[senders, 0], radial, frame, w0, c.lmax)
+            if kernel:
                 return so2_message.so2_message_pallas(
-                    h[senders], wigner, radial, weights, c.lmax, c.mmax, interpret=self.edge_chain.interpret
+                    h[senders], frame, radial, weights, c.lmax, c.mmax, interpret=self.edge_chain.interpret
                 )
-            return so2_message.so2_message_reference(h[senders], wigner, radial, weights, c.lmax, c.mmax)
+            return so2_message.so2_message_folded(h[senders], frame, radial, weights, c.lmax, c.mmax)
 
-        edges = (list(wigner), lengths, senders, edge_mask)
+        # Only the per-edge frame this block uses goes through the (chunked) sum.
+        frame = list(wigner) if self.scalar_input or kernel else folded
+        edges = (frame, lengths, senders, edge_mask)
         aggregated = edge_sum(message, edges, receivers, h.shape[0], self.edge_chunk)
         h = h + aggregated / c.avg_num_neighbors
         normed = EquivariantRMSNorm(c.lmax)(h)
@@ -79,6 +90,12 @@ class Interaction(nn.Module):
         else:
             mixing = Gate()
         return h + node_chunked(mixing, normed, node_chunk(self.edge_chunk))
+
+
+def runs_kernel(edge_chain: selection.Implementation | None) -> bool:
+    """Whether the general blocks run the Pallas kernel (on the Wigner blocks) rather than the
+    folded pure-JAX chain."""
+    return edge_chain is not None and edge_chain.name == "pallas"
 
 
 def node_chunked(module: nn.Module, x, chunk: int | None):
@@ -137,13 +154,17 @@ class FacetModel(nn.Module):
         # Double where: padding edges have r = 0, where sqrt has an infinite derivative.
         lengths = jnp.where(edge_mask, jnp.sqrt(jnp.where(edge_mask, lengths2, 1.0)), 0.0)
         wigner = edge_map(lambda v: wigner_d(edge_rotation(v), c.lmax), vectors, self.edge_chunk)
+        folded = None
+        if c.num_layers > 1 and not runs_kernel(self.edge_chain):
+            # Once per call, shared by the blocks after the first (their edge chain).
+            folded = edge_map(lambda w: folded_wigner(w, c.mmax), wigner, self.edge_chunk)
         embedding = nn.Embed(len(c.species), c.channels, name="species_embedding")(species)
         h = jnp.zeros((species.shape[0], dim, c.channels), vectors.dtype)
         h = h.at[:, 0, :].set(embedding.astype(vectors.dtype))
         for k in range(c.num_layers):
             # The first block takes the scalar path: only the later ones run the edge chain.
             h = Interaction(c, self.edge_chain, scalar_input=k == 0, edge_chunk=self.edge_chunk, name=f"interaction_{k}")(
-                h, wigner, lengths, senders, receivers, edge_mask
+                h, wigner, folded, lengths, senders, receivers, edge_mask
             )
         scalars = h[:, 0, :]
         hidden = nn.silu(nn.Dense(c.readout_hidden, name="readout_hidden")(scalars))

@@ -87,6 +87,39 @@ def block_diag_wigner(blocks: list[jax.Array]) -> jax.Array:
     return full
 
 
+def folded_wigner(blocks: list[jax.Array], mmax: int) -> jax.Array:
+    """The rows of `block_diag_wigner` that the SO(2) convolution keeps, in its m-blocked order:
+    [E, K, (lmax+1)**2] with K = sum over m <= mmax of (2 - [m = 0]) (lmax - m + 1).
+
+    Row k is the row of e3nn index gather[k] (`mlip.nn.so2_conv._index_maps`), so for features
+    x [E, (lmax+1)**2, C] in the global frame, ``einsum("ekj,ejc->ekc", F, x)`` is the edge-frame
+    features already in the blocked order of `mlip.nn.so2_conv.so2_linear_blocked` (the rows
+    with |m| > mmax, which the convolution drops, are not computed), and
+    ``einsum("eki,ekc->eic", F, y)`` rotates blocked edge-frame messages y back, the dropped
+    rows being zero. One dot each way replaces lmax + 1 per-degree dots, a concatenate and the
+    constant-index gather and scatter of the blocked layout (benchmarks/RESULTS.md, issue 17).
+
+    Memory: K (lmax+1)**2 floats per edge against the blocks' sum (2l+1)**2: 81 against 35 at
+    lmax = mmax = 2, 224 against 84 at lmax 3, mmax 2. It is built once per model call and
+    shared by the interaction blocks; per edge it is small against one block's message
+    intermediates (about 14 kB per edge for the small preset), and chunked calls hold it per
+    chunk (`mlip.nn.message_passing.edge_map`). The zeros off the diagonal blocks are
+    multiplied too (the dot does (lmax+1)**2 / (2l+1) times the per-degree work per row); on the
+    CPU the one dense batched dot is faster all the same.
+    """
+    lmax = len(blocks) - 1
+    if not 0 <= mmax <= lmax:
+        raise ValueError(f"need 0 <= mmax <= lmax, got mmax={mmax}, lmax={lmax}")
+    dim = (lmax + 1) ** 2
+    rows = []
+    for m in range(mmax + 1):
+        for sign in (1, -1) if m else (1,):
+            for l in range(m, lmax + 1):
+                # Row m of D^l (index l + m in its block), placed in its degree's columns.
+                rows.append(jnp.pad(blocks[l][:, l + sign * m], ((0, 0), (l * l, dim - (l + 1) ** 2))))
+    return jnp.stack(rows, axis=1)
+
+
 def rotate_to_edge_frame(x: jax.Array, blocks: list[jax.Array]) -> jax.Array:
     """Features [E, (L+1)**2, C] in the global frame -> the edge frame, ``D x`` per degree.
 

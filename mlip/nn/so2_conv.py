@@ -22,29 +22,24 @@ def _orders(lmax: int, mmax: int) -> list[int]:
     return [lmax - m + 1 for m in range(mmax + 1)]
 
 
-def _index_maps(lmax: int, mmax: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _index_maps(lmax: int, mmax: int) -> tuple[np.ndarray, np.ndarray]:
     """Constant index maps between e3nn's layout (index l*l + l + m) and the m-blocked layout
     [m=0: l=0..lmax | m=1: +1 over l, -1 over l | m=2: ...] of K = sum (2 - [m=0]) n_m components.
 
     Returns:
         gather: int [K], e3nn index of each blocked component.
-        radial_rows: int [K], the radial weight row of each blocked component; +m and -m
-            share a row, since a y rotation mixes them.
         scatter: int [(lmax+1)**2], blocked position of each e3nn component, K (a zero row)
             for |m| > mmax.
     """
-    gather, radial_rows = [], []
-    row = 0
-    for m, n in enumerate(_orders(lmax, mmax)):
+    gather = []
+    for m in range(mmax + 1):
         degrees = np.arange(m, lmax + 1)
         for sign in (1, -1) if m else (1,):
             gather.append(degrees * degrees + degrees + sign * m)
-            radial_rows.append(row + np.arange(n))
-        row += n
     gather = np.concatenate(gather)
     scatter = np.full((lmax + 1) ** 2, len(gather))
     scatter[gather] = np.arange(len(gather))
-    return gather, np.concatenate(radial_rows), scatter
+    return gather, scatter
 
 
 class SO2Convolution(nn.Module):
@@ -109,20 +104,39 @@ def so2_linear(x_edge, radial, weights: dict, lmax: int, mmax: int):
     num_edges, dim, channels_in = x_edge.shape
     if dim != (lmax + 1) ** 2:
         raise ValueError(f"x_edge has {dim} components, lmax={lmax} needs {(lmax + 1) ** 2}")
+    gather, scatter = _index_maps(lmax, mmax)
+    blocked = so2_linear_blocked(x_edge[:, gather], radial, weights, lmax, mmax)
+    zero = jnp.zeros((num_edges, 1, blocked.shape[-1]), blocked.dtype)  # target of |m| > mmax
+    return jnp.concatenate([blocked, zero], axis=1)[:, scatter]
+
+
+def so2_linear_blocked(x_blocked, radial, weights: dict, lmax: int, mmax: int):
+    """`so2_linear` in the m-blocked layout of `_index_maps` (K components, |m| <= mmax only):
+    x_blocked [E, K, C_in] and radial [E, radial_size] -> [E, K, C_out], in the edge frame.
+
+    The radial row of (l, m) is shared by +m and -m, so each block of order m > 0, [E, 2, n, C]
+    (sign, degree, channel), is scaled by its rows [E, n, C] broadcast over the sign: a reshape,
+    not a gather.
+    """
+    num_edges, num_kept, channels_in = x_blocked.shape
+    orders = _orders(lmax, mmax)
+    if num_kept != orders[0] + 2 * sum(orders[1:]):
+        raise ValueError(f"x_blocked has {num_kept} components, lmax={lmax}, mmax={mmax} keep {orders[0] + 2 * sum(orders[1:])}")
     expected = SO2Convolution.radial_size(lmax, mmax, channels_in)
     if radial.shape != (num_edges, expected):
         raise ValueError(f"radial has shape {radial.shape}, expected ({num_edges}, {expected})")
     channels_out = weights["w0"].shape[-1] // (lmax + 1)
-    gather, radial_rows, scatter = _index_maps(lmax, mmax)
-    x = x_edge[:, gather] * radial.reshape(num_edges, -1, channels_in)[:, radial_rows]
-    blocks, start = [], 0
-    for m, n in enumerate(_orders(lmax, mmax)):
-        width = n if m == 0 else 2 * n  # components of this block: l >= m, and both signs
-        block = x[:, start : start + width].reshape(num_edges, width * channels_in) @ _block_matrix(weights[f"w{m}"], m)
-        blocks.append(block.reshape(num_edges, width, channels_out))
-        start += width
-    blocks.append(jnp.zeros((num_edges, 1, channels_out), x.dtype))  # target of |m| > mmax
-    return jnp.concatenate(blocks, axis=1)[:, scatter]
+    radial = radial.reshape(num_edges, -1, channels_in)
+    blocks, start, row = [], 0, 0
+    for m, n in enumerate(orders):
+        signs = 1 if m == 0 else 2  # m > 0: both signs, +m then -m, each over l = m..lmax
+        x = x_blocked[:, start : start + signs * n].reshape(num_edges, signs, n, channels_in)
+        x = x * radial[:, None, row : row + n]
+        block = x.reshape(num_edges, signs * n * channels_in) @ _block_matrix(weights[f"w{m}"], m)
+        blocks.append(block.reshape(num_edges, signs * n, channels_out))
+        start += signs * n
+        row += n
+    return jnp.concatenate(blocks, axis=1)
 
 
 def _block_matrix(weight, m: int):
