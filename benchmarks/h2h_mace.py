@@ -75,7 +75,7 @@ import numpy as np  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "../shared/data/mlearn"
 MODELS = ("mace-small", "mace-medium", "mlip-small", "mlip-medium")
-#: model -> (what it is, for the table)
+#: model -> its name in the table
 LABELS = {"mace-small": "MACE MP-0-small-like", "mace-medium": "MACE MP-0-medium-like",
           "mlip-small": "mlip small", "mlip-medium": "mlip medium"}
 MACE_MAX_L = {"mace-small": 0, "mace-medium": 1}
