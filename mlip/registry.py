@@ -65,14 +65,18 @@ def default_model() -> ModelCard:
     return next(card for card in bundled_models() if card.default)
 
 
+def bundled_card(name: str) -> ModelCard:
+    """The card of the bundled model called ``name``; MlipError naming the choices if none is."""
+    cards = bundled_models()
+    for card in cards:
+        if card.name == name:
+            return card
+    names = ", ".join(card.name for card in cards)
+    raise MlipError(f"{name}: no such potential file or bundled model (bundled: {names})")
+
+
 def resolve_model(name_or_path) -> Path:
     """The potential file for a bundled model's name or a path; MlipError naming the choices
     when it is neither."""
     path = Path(name_or_path)
-    if path.exists():
-        return path
-    for card in bundled_models():
-        if card.name == str(name_or_path):
-            return card.path
-    names = ", ".join(card.name for card in bundled_models())
-    raise MlipError(f"{name_or_path}: no such potential file or bundled model (bundled: {names})")
+    return path if path.exists() else bundled_card(str(name_or_path)).path

@@ -58,9 +58,9 @@ def test_create_and_predict(tmp_path, capsys):
     assert "small preset" in capsys.readouterr().out
     assert main(["predict", str(model), str(tmp_path / "missing.xyz")]) == 2
     assert "missing.xyz" in capsys.readouterr().err
-    from mlip.registry import bundled_models
+    from mlip.registry import bundled_card
 
-    silicon = next(card.example for card in bundled_models() if card.name == "mlearn-si")
+    silicon = bundled_card("mlearn-si").example
     assert main(["predict", str(model), str(silicon)]) == 0
     out = capsys.readouterr().out
     assert out.startswith("frame 0: 64 atoms, energy ") and "pressure" in out

@@ -8,7 +8,7 @@ import pytest
 from mlip.cli import bundled_model, main
 from mlip.errors import MlipError
 from mlip.potential import Potential
-from mlip.registry import bundled_models, default_model, resolve_model
+from mlip.registry import bundled_card, bundled_models, default_model, resolve_model
 
 
 def test_exactly_one_default_and_every_file_loads():
@@ -43,6 +43,6 @@ def test_mlip_models_prints_the_cards(capsys):
 
 
 def test_commands_take_a_bundled_name(capsys):
-    silicon = next(card.example for card in bundled_models() if card.name == "mlearn-si")
+    silicon = bundled_card("mlearn-si").example
     assert main(["predict", "mlearn-si", str(silicon)]) == 0
     assert "eV" in capsys.readouterr().out

@@ -227,11 +227,12 @@ def main(argv=None):
     args = parser.parse_args(argv)
     potential, teacher, teacher_calc, frames = load(args)
     progress = not args.quiet
-    key = {"teacher": f"{teacher.name}, {teacher.version}", "data": str(args.data), "frames": len(frames)}
+    teacher_label = f"{teacher.name}, {teacher.version}"
+    key = {"teacher": teacher_label, "data": str(args.data), "frames": len(frames)}
     cache = json.loads(args.teacher_cache.read_text()) if args.teacher_cache.exists() else {}
     if cache.get("key") != key:
         cache = {"key": key}
-    card = {"model": str(args.model), "teacher": f"{teacher.name}, {teacher.version}",
+    card = {"model": str(args.model), "teacher": teacher_label,
             "data": str(args.data), "frames": len(frames), "cpu": cpu_model(),
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="minutes")}
     card["errors"] = errors(potential, teacher_calc, frames, progress, cache)

@@ -120,8 +120,9 @@ def so2_linear_blocked(x_blocked, radial, weights: dict, lmax: int, mmax: int):
     """
     num_edges, num_kept, channels_in = x_blocked.shape
     orders = _orders(lmax, mmax)
-    if num_kept != orders[0] + 2 * sum(orders[1:]):
-        raise ValueError(f"x_blocked has {num_kept} components, lmax={lmax}, mmax={mmax} keep {orders[0] + 2 * sum(orders[1:])}")
+    kept = orders[0] + 2 * sum(orders[1:])
+    if num_kept != kept:
+        raise ValueError(f"x_blocked has {num_kept} components, lmax={lmax}, mmax={mmax} keep {kept}")
     expected = SO2Convolution.radial_size(lmax, mmax, channels_in)
     if radial.shape != (num_edges, expected):
         raise ValueError(f"radial has shape {radial.shape}, expected ({num_edges}, {expected})")
