@@ -1,0 +1,96 @@
+"""Signed energy errors of a universal model: is it biased on real materials near equilibrium?
+
+    python benchmarks/universal/bias.py MODEL [--test-frames 300] [--label-frames 600] [--teacher sevenn-0]
+
+Prints the mean signed error (model - label, meV/atom) and the MAE on the first
+``--test-frames`` of mptrj-random-1k (DFT, never trained on); on ``--label-frames`` random
+frames of benchmarks/universal/labels grouped by seed origin and labelling method; and on the
+first 100 frames of each real DFT training file. With ``--teacher``, also relaxes the bundled
+SrTiO3 example (positions and cell, FIRE + FrechetCellFilter, fmax 0.05 eV/Å) with the model
+(mlip.sim) and with the teacher (ASE), and prints the lattice constants and energies per atom.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[2]
+DATA = ROOT / "../shared/data"
+
+
+def signed_errors(calc, frames) -> np.ndarray:
+    """meV/atom, model - label, one per frame."""
+    errors = []
+    for frame in frames:
+        atoms = frame.to_atoms()
+        atoms.calc = calc
+        errors.append(1e3 * (atoms.get_potential_energy() - frame.energy) / len(atoms))
+    return np.array(errors)
+
+
+def row(name: str, errors: np.ndarray) -> str:
+    return f"| {name} | {len(errors)} | {errors.mean():+.1f} | {np.abs(errors).mean():.1f} |"
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model")
+    parser.add_argument("--test-frames", type=int, default=300)
+    parser.add_argument("--label-frames", type=int, default=600)
+    parser.add_argument("--teacher", help="also relax the SrTiO3 example with this teacher (mlip.distill.teachers)")
+    args = parser.parse_args(argv)
+
+    from mlip.calculator import Calculator
+    from mlip.data.readers import read_frames
+    from mlip.data.shards import ShardedDataset
+    from mlip.potential import Potential
+
+    potential = Potential.load(args.model)
+    calc = Calculator(potential)
+    print("| frames | n | mean signed (meV/atom) | MAE |\n|---|---:|---:|---:|")
+    test = read_frames(DATA / "mptrj/mptrj-random-1k.xyz", index=f":{args.test_frames}")
+    print(row("mptrj-random-1k (test)", signed_errors(calc, test)))
+    labels = ShardedDataset(ROOT / "benchmarks/universal/labels")
+    groups = collections.defaultdict(list)
+    for i in np.random.default_rng(0).permutation(len(labels))[: args.label_frames]:
+        frame = labels[int(i)]
+        groups[f"{frame.info['origin'].split(':')[0]} / {frame.info['method'].split(':')[0]}"].append(frame)
+    for name in sorted(groups):
+        print(row(name, signed_errors(calc, groups[name])))
+    for path in ("mptrj/mptrj-highest-stress-1k.xyz", "mattersim/mpf-TP.xyz"):
+        print(row(Path(path).name, signed_errors(calc, read_frames(DATA / path, index=":100"))))
+    if args.teacher:
+        relax_example(potential, args.teacher)
+
+
+def relax_example(potential, teacher_spec: str) -> None:
+    """Model (mlip.sim) and teacher (ASE) relaxations of the bundled SrTiO3 example."""
+    import ase.io
+    from ase.filters import FrechetCellFilter
+    from ase.optimize import FIRE
+
+    from mlip import sim
+    from mlip.distill.teachers import get_teacher
+
+    start = ase.io.read(ROOT / "mlip/assets/SrTiO3-perovskite.extxyz")
+    ours = sim.relax(potential, [start.copy()], fmax=0.05, relax_cell=True, max_steps=300)[0]
+    reference = start.copy()
+    reference.calc = get_teacher(teacher_spec).build()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # scipy's logm inside the cell filter
+        FIRE(FrechetCellFilter(reference), logfile=None).run(fmax=0.05, steps=300)
+    for name, atoms, energy in (("model", ours.atoms, ours.energy),
+                                ("teacher", reference, reference.get_potential_energy())):
+        cell = atoms.cell.cellpar()
+        print(f"SrTiO3 {name}: a = {(atoms.get_volume() / 8) ** (1 / 3):.3f} Å, lengths/2 "
+              f"{np.round(cell[:3] / 2, 3).tolist()}, angles {np.round(cell[3:], 2).tolist()}, "
+              f"{energy / len(atoms):.3f} eV/atom")
+
+
+if __name__ == "__main__":
+    main()
