@@ -22,7 +22,11 @@ ASSETS = ROOT / "mlip" / "assets"
 EXAMPLE = "SrTiO3-perovskite.extxyz"
 
 
-def entry(name: str, file: str, card: dict, default: bool) -> dict:
+FIRST_STAGE_DATA = ("40,411 SevenNet-0 labels of generated crystals (benchmarks/universal/labels) + "
+                    "2,069 DFT frames (mptrj-highest-stress-1k, MatterSim mpf-TP)")
+
+
+def entry(name: str, file: str, card: dict, default: bool, training_data: str, command: str) -> dict:
     """The models.json entry of a universal model from its card (card.py's JSON)."""
     model = card["errors"]["model"]
     errors = {
@@ -40,12 +44,10 @@ def entry(name: str, file: str, card: dict, default: bool) -> dict:
         "example": EXAMPLE,
         "description": "small preset on the 89 MPtrj elements, distilled from SevenNet-0 plus real DFT "
                        "frames (issue 12; benchmarks/RESULTS.md, \"Universal model\")",
-        "training_data": "40,411 SevenNet-0 labels of generated crystals (benchmarks/universal/labels) + "
-                         "2,069 DFT frames (mptrj-highest-stress-1k, MatterSim mpf-TP)",
+        "training_data": training_data,
         "teacher": card["teacher"],
         "test_errors": errors,
-        "command": "mlip train benchmarks/universal/universal.yaml; "
-                   "python benchmarks/universal/card.py MODEL -o card.json",
+        "command": f"{command}; python benchmarks/universal/card.py MODEL -o card.json",
     }
 
 
@@ -55,6 +57,9 @@ def main(argv=None):
     parser.add_argument("--card", type=Path, required=True)
     parser.add_argument("--name", default="universal-small")
     parser.add_argument("--default", action="store_true")
+    parser.add_argument("--training-data", default=FIRST_STAGE_DATA, help="what the model was trained on, in words")
+    parser.add_argument("--command", default="mlip train benchmarks/universal/universal.yaml",
+                        help="the training command(s) that made the model")
     args = parser.parse_args(argv)
 
     import ase.io
@@ -78,7 +83,7 @@ def main(argv=None):
     if args.default:
         for m in models:
             m["default"] = False
-    models.insert(0, entry(args.name, file, card, args.default))
+    models.insert(0, entry(args.name, file, card, args.default, args.training_data, args.command))
     atomic_write_bytes(registry_path, (json.dumps({"models": models}, indent=1, ensure_ascii=False) + "\n").encode())
     print(f"shipped {args.model} as {args.name} ({ASSETS / file}){', the default' if args.default else ''}")
 
