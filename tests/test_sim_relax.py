@@ -54,15 +54,37 @@ def test_batched_fire_with_cell_equals_ase_and_refills_in_flight(potential):
     structures = [silicon(0), silicon(1, cubic=False), silicon(2), molecule("H2O")]
     structures[3].center(vacuum=2.0)
     before = _compiled_by_key.cache_info().misses
-    # Two structure slots for four structures: finished ones leave, waiting ones take over.
+    # Two structure slots for four structures: finished ones leave, waiting ones take over
+    # (the tail's shrinking off: one shape).
     results = relax(potential, structures, fmax=0.02, relax_cell=True, max_steps=300,
-                    budget=Budget(max_atoms=20, max_structures=2, chunk=40))
+                    budget=Budget(max_atoms=20, max_structures=2, chunk=40, shrink=False))
     for atoms, result in zip(structures, results):
         assert result.status == "converged"
         assert_same_relaxation(result, ase_relax(potential, atoms, 0.02))
     assert results[3].stress is None and results[0].stress.shape == (3, 3)
     assert _compiled_by_key.cache_info().misses - before == 1  # one compiled shape for the whole run (misses: the cache may be full)
     assert structures[0].calc is None and results[0].atoms.get_potential_energy() == results[0].energy
+
+
+def test_tail_shrinks_to_the_last_structures_and_changes_no_result(potential):
+    # Nothing waits once all five are in the batch; when the last one runs alone it fills at
+    # most a quarter of the 34 atom slots, so the batch is repacked into 16 slots (one more
+    # compiled shape) and goes on from the same state: every result is the unshrunk run's.
+    structures = [silicon(k) for k in range(4)] + [silicon(3, cubic=False)]
+    runs = {}
+    for shrink in (False, True):
+        before = _compiled_by_key.cache_info().misses
+        runs[shrink] = relax(potential, structures, fmax=0.02, relax_cell=True, max_steps=300,
+                             budget=Budget(max_atoms=64, shrink=shrink))
+        runs[shrink, "shapes"] = _compiled_by_key.cache_info().misses - before
+    # The second run starts in the first one's compiled shape; only the shrunk one is new.
+    assert (runs[False, "shapes"], runs[True, "shapes"]) == (1, 1)
+    for kept, shrunk in zip(runs[False], runs[True]):
+        assert shrunk.status == kept.status == "converged" and shrunk.steps == kept.steps
+        assert abs(shrunk.energy - kept.energy) < 1e-9
+        np.testing.assert_allclose(shrunk.atoms.positions, kept.atoms.positions, atol=1e-9)
+        np.testing.assert_allclose(shrunk.atoms.cell.array, kept.atoms.cell.array, atol=1e-9)
+    assert len({r.steps for r in runs[True]}) > 1  # they finish at different steps: a real tail
 
 
 def test_capacity_regrows_under_pressure_and_matches_ase(potential):

@@ -7,6 +7,12 @@ have finished to be worth refilling (``refill_fraction`` of the batch, or ``chun
 The host then takes the finished structures out, packs waiting ones into the freed slots and
 carries the state of the others (positions, velocities, optimiser fields) over unchanged.
 
+At the tail of a run, once nothing waits, the few slow structures left (a relaxation that does
+not converge runs all its steps) would step the whole padded batch for each of their steps: on
+a CPU, where a step costs in proportion to the atom slots, the batch then shrinks to them
+(``Budget.shrink``), for one compilation of the smaller shape, from a ladder of powers of two
+that the persistent compilation cache keeps between runs.
+
 Each structure is first validated as the readers validate files (a structure with no atoms, NaN
 positions, a singular cell or overlapping atoms fails alone, status INVALID), and placed
 (mlip.sim.system.place: reduced cell, wrapped and centred atoms); results come back in the
@@ -51,6 +57,10 @@ CONVERGED, UNCONVERGED, COMPLETED = "converged", "not converged", "completed"
 NON_FINITE, TOO_LARGE, INVALID = "failed: non-finite", "failed: too large", "failed: invalid structure"
 DRIFT = "failed: energy drift"
 
+#: At the tail of a run the batch shrinks once its running structures fill at most 1/SHRINK of
+#: its atom slots (Budget.shrink); the new atom slots are the next power of two (>= MIN_SLOTS).
+SHRINK, MIN_SLOTS = 4, 16
+
 #: The first image box is searched for a radius this much longer than the list's, so that a cell
 #: shrinking by up to 5% (a cell relaxation, NPT) keeps it: a larger box is a recompilation, and
 #: at D3's 32 Å radius a 5.43 Å Si cell needs one more image after shrinking by 1%.
@@ -65,7 +75,9 @@ class Budget:
     densest input structure's edges per atom times max_atoms, times ``growth``). growth: factor
     by which the edge capacity grows when it overflows. refill_fraction: the device returns to
     the host for refilling when this fraction of the batch has finished. chunk: most steps per
-    device call (progress updates; MD logging interval).
+    device call (progress updates; MD logging interval). shrink: when nothing waits and the
+    running structures fill at most 1/SHRINK of the atom slots, repack them into a batch of
+    their size (None: on CPUs only; on a GPU padded slots cost little and a compilation much).
     """
 
     max_atoms: int = 2048
@@ -74,6 +86,7 @@ class Budget:
     growth: float = 1.25
     refill_fraction: float = 0.25
     chunk: int = 100
+    shrink: bool | None = None
 
     def __post_init__(self):
         if self.max_atoms < 1 or self.max_structures < 1 or self.chunk < 1 or not self.growth > 1:
@@ -165,24 +178,29 @@ class _Runner:
         placed = [place(a) if k not in self.invalid else (None, None) for k, a in enumerate(structures)]
         self.records = [rec for rec, _ in placed]
         self.placements = [placement for _, placement in placed]
-        self.edges, within = _edge_counts(self.records, outer + skin, cutoff)
-        sizes = np.array([0 if rec is None else len(rec["numbers"]) for rec in self.records], np.int64)
+        self.edges, self.within = _edge_counts(self.records, outer + skin, cutoff)
+        self.sizes = np.array([0 if rec is None else len(rec["numbers"]) for rec in self.records], np.int64)
         # The batch is no larger than the whole input needs (a few structures pad to little).
-        atom_slots = int(min(budget.max_atoms, max(sizes.sum(), 1)))
-
-        def slots_for(counts):  # the densest structure's edges per atom, over every atom slot
-            density = max((e / max(n, 1) for e, n in zip(counts, sizes)), default=1.0)
-            return max(1, math.ceil(density * atom_slots * budget.growth))
-
-        self.max_edges = budget.max_edges or slots_for(self.edges)
+        atom_slots = int(min(budget.max_atoms, max(self.sizes.sum(), 1)))
+        everything = range(len(structures))
+        self.max_edges = budget.max_edges or self._edge_slots(self.edges, everything, atom_slots)
         images = np.max([nl.images_needed(r["cell"], r["pbc"], (outer + skin) * IMAGE_MARGIN)
                          for r in self.records if r is not None] or [[0, 0, 0]], axis=0)
         self.spec = nl.NeighborSpec(
-            outer, skin, self.max_edges, max(int(sizes.max(initial=0)), 1), tuple(int(n) for n in images),
-            active_capacity=min(slots_for(within), self.max_edges), active_cutoff=cutoff,
+            outer, skin, self.max_edges, max(int(self.sizes.max(initial=0)), 1), tuple(int(n) for n in images),
+            active_capacity=min(self._edge_slots(self.within, everything, atom_slots), self.max_edges),
+            active_cutoff=cutoff,
         )
         valid = len(structures) - len(self.invalid)
         self.shape = (atom_slots + 1, min(budget.max_structures, max(valid, 1)) + 1)
+        on_cpu = jax.default_backend() == "cpu"
+        self.shrink = on_cpu if budget.shrink is None else budget.shrink
+
+    def _edge_slots(self, counts, indices, atom_slots: int) -> int:
+        """Edge slots for ``atom_slots`` atoms at the density (edges per atom) of the densest
+        of the structures ``indices``, with room to grow."""
+        density = max((counts[k] / max(self.sizes[k], 1) for k in indices), default=1.0)
+        return max(1, math.ceil(density * atom_slots * self.budget.growth))
 
     # -- host loop -------------------------------------------------------------------------
 
@@ -203,8 +221,10 @@ class _Runner:
             if state is None:  # (re)pack: waiting structures take the free slots
                 slots = slots + self._admit(slots, queue)
                 state = self._pack(slots)
-            state = self._advance(state, queue)
+            state = self._advance(state, queue, sum(self.results[s.index] is not None for s in slots))
             slots, state, finished = self._harvest(state, slots, bool(queue))
+            if state is not None and not queue and self._shrunk(slots):
+                slots, state = [s for s in slots if self.results[s.index] is None], None
             bar.update(finished)
             bar.set_postfix_str(f"{bar.n / (time.perf_counter() - start):.2f} structures/s", refresh=False)
         bar.close()
@@ -223,13 +243,33 @@ class _Runner:
         fns = _compiled(self.engine, self.potential.config, self.spec, self.potential.runtime, self.dispersion)
         fns.chunk.lower(self.potential.params, state, self.budget.chunk, self._min_done(len(slots), queue)).compile()
 
+    def _shrunk(self, slots) -> bool:
+        """At the tail (nothing waits): if the running structures fill at most 1/SHRINK of the
+        atom slots, size the batch (shape and edge slots) for them alone and say so; the caller
+        repacks them, carrying their state over."""
+        running = [s.index for s in slots if self.results[s.index] is None]
+        atoms = int(sum(self.sizes[k] for k in running))
+        if not self.shrink or not running or atoms * SHRINK > self.shape[0] - 1:
+            return False
+        atom_slots = max(MIN_SLOTS, 1 << (atoms - 1).bit_length())
+        capacity = self.budget.max_edges or min(self.spec.capacity, self._edge_slots(self.edges, running, atom_slots))
+        active = self.spec.active_capacity
+        if active is not None:
+            active = min(active, self._edge_slots(self.within, running, atom_slots), capacity)
+        self.spec = dataclasses.replace(self.spec, capacity=capacity, active_capacity=active)
+        self.shape = (atom_slots + 1, len(running) + 1)
+        return True
+
     def _too_large(self, k: int) -> bool:
         return len(self.structures[k]) > self.budget.max_atoms or self.edges[k] > self.max_edges
 
-    def _min_done(self, real: int, queue) -> int:
+    def _min_done(self, real: int, queue, done: int = 0) -> int:
         """Finished structures at which a chunk returns to the host: enough to refill while
-        structures wait, else all ``real`` ones."""
-        return max(1, math.ceil(self.budget.refill_fraction * real)) if queue else real
+        structures wait; else, when the batch may shrink, one more than the ``done`` ones
+        (each return checks whether it should), else all ``real`` ones."""
+        if queue:
+            return max(1, math.ceil(self.budget.refill_fraction * real))
+        return min(done + 1, real) if self.shrink else real
 
     def _admit(self, slots, queue) -> list[_Slot]:
         added = []
@@ -271,9 +311,10 @@ class _Runner:
                     self._log(slot.index, rec)
         return state
 
-    def _advance(self, state, queue):
-        """Run one chunk on the device; grow the neighbour list and retry on overflow."""
-        min_done = self._min_done(int(np.sum(np.asarray(state.system.graph_mask))), queue)
+    def _advance(self, state, queue, done: int):
+        """Run one chunk on the device (``done``: structures of the batch already finished);
+        grow the neighbour list and retry on overflow."""
+        min_done = self._min_done(int(np.sum(np.asarray(state.system.graph_mask))), queue, done)
         while True:
             fns = _compiled(self.engine, self.potential.config, self.spec, self.potential.runtime, self.dispersion)
             state = fns.chunk(self.potential.params, state, self.budget.chunk, min_done)
