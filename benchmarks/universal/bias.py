@@ -5,7 +5,9 @@
 Prints the mean signed error (model - label, meV/atom) and the MAE on the first
 ``--test-frames`` of mptrj-random-1k (DFT, never trained on); on ``--label-frames`` random
 frames of benchmarks/universal/labels grouped by seed origin and labelling method; and on the
-first 100 frames of each real DFT training file. With ``--teacher``, also relaxes the bundled
+first 100 frames of each real DFT training file. The test frames are also grouped (number of
+elements, GGA+U or GGA, size). With ``--teacher``, the teacher's signed errors on the same test
+frames are printed next to the model's, and the teacher and the model relax the bundled
 SrTiO3 example (positions and cell, FIRE + FrechetCellFilter, fmax 0.05 eV/Å) with the model
 (mlip.sim) and with the teacher (ASE), and prints the lattice constants and energies per atom.
 """
@@ -33,6 +35,23 @@ def signed_errors(calc, frames) -> np.ndarray:
     return np.array(errors)
 
 
+#: Metals that MPtrj computed with GGA+U in oxides and fluorides (MP's U values).
+U_METALS = {"Co", "Cr", "Fe", "Mn", "Mo", "Ni", "V", "W"}
+
+
+def test_groups(frames) -> dict[str, np.ndarray]:
+    """Indices of the test frames by number of elements, GGA+U or GGA, and size."""
+    groups = collections.defaultdict(list)
+    for k, frame in enumerate(frames):
+        symbols = set(frame.to_atoms().get_chemical_symbols())
+        groups[f"{min(len(symbols), 5)}{'+' if len(symbols) >= 5 else ''} elements"].append(k)
+        plus_u = bool(symbols & U_METALS) and bool(symbols & {"O", "F"})
+        groups["GGA+U (O or F with " + "/".join(sorted(U_METALS)) + ")" if plus_u else "GGA"].append(k)
+        n = frame.n_atoms
+        groups["atoms <= 16" if n <= 16 else "atoms 17-48" if n <= 48 else "atoms > 48"].append(k)
+    return {name: np.array(members) for name, members in sorted(groups.items())}
+
+
 def row(name: str, errors: np.ndarray) -> str:
     return f"| {name} | {len(errors)} | {errors.mean():+.1f} | {np.abs(errors).mean():.1f} |"
 
@@ -53,8 +72,18 @@ def main(argv=None):
     potential = Potential.load(args.model)
     calc = Calculator(potential)
     print("| frames | n | mean signed (meV/atom) | MAE |\n|---|---:|---:|---:|")
-    test = read_frames(DATA / "mptrj/mptrj-random-1k.xyz", index=f":{args.test_frames}")
-    print(row("mptrj-random-1k (test)", signed_errors(calc, test)))
+    test = list(read_frames(DATA / "mptrj/mptrj-random-1k.xyz", index=f":{args.test_frames}"))
+    ours = signed_errors(calc, test)
+    print(row("mptrj-random-1k (test)", ours))
+    theirs = None
+    if args.teacher:
+        from mlip.distill.teachers import get_teacher
+
+        theirs = signed_errors(get_teacher(args.teacher).build(), test)
+        print(row(f"mptrj-random-1k (test), the teacher {args.teacher}", theirs))
+    for name, members in test_groups(test).items():
+        print(row(f"test: {name}", ours[members]) + ("" if theirs is None else
+              f" teacher: {theirs[members].mean():+.1f}, MAE {np.abs(theirs[members]).mean():.1f} |"))
     labels = ShardedDataset(ROOT / "benchmarks/universal/labels")
     groups = collections.defaultdict(list)
     for i in np.random.default_rng(0).permutation(len(labels))[: args.label_frames]:
