@@ -252,6 +252,8 @@ class _Runner:
         if not self.shrink or not running or atoms * SHRINK > self.shape[0] - 1:
             return False
         atom_slots = max(MIN_SLOTS, 1 << (atoms - 1).bit_length())
+        if atom_slots >= self.shape[0] - 1:
+            return False  # already as small as the ladder goes
         capacity = self.budget.max_edges or min(self.spec.capacity, self._edge_slots(self.edges, running, atom_slots))
         active = self.spec.active_capacity
         if active is not None:
