@@ -22,7 +22,7 @@ import sys
 import time
 
 RUN = r"""
-import json, sys, time
+import json, sys
 import ase.io
 from mlip.potential import Potential
 from mlip.sim import Budget, relax

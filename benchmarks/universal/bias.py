@@ -20,6 +20,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+from ase.data import chemical_symbols
 
 ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT / "../shared/data"
@@ -43,7 +44,7 @@ def test_groups(frames) -> dict[str, np.ndarray]:
     """Indices of the test frames by number of elements, GGA+U or GGA, and size."""
     groups = collections.defaultdict(list)
     for k, frame in enumerate(frames):
-        symbols = set(frame.to_atoms().get_chemical_symbols())
+        symbols = {chemical_symbols[z] for z in frame.numbers.tolist()}
         groups[f"{min(len(symbols), 5)}{'+' if len(symbols) >= 5 else ''} elements"].append(k)
         plus_u = bool(symbols & U_METALS) and bool(symbols & {"O", "F"})
         groups["GGA+U (O or F with " + "/".join(sorted(U_METALS)) + ")" if plus_u else "GGA"].append(k)
@@ -75,11 +76,12 @@ def main(argv=None):
     test = list(read_frames(DATA / "mptrj/mptrj-random-1k.xyz", index=f":{args.test_frames}"))
     ours = signed_errors(calc, test)
     print(row("mptrj-random-1k (test)", ours))
-    theirs = None
+    theirs = teacher = None
     if args.teacher:
         from mlip.distill.teachers import get_teacher
 
-        theirs = signed_errors(get_teacher(args.teacher).build(), test)
+        teacher = get_teacher(args.teacher).build()
+        theirs = signed_errors(teacher, test)
         print(row(f"mptrj-random-1k (test), the teacher {args.teacher}", theirs))
     for name, members in test_groups(test).items():
         print(row(f"test: {name}", ours[members]) + ("" if theirs is None else
@@ -93,23 +95,22 @@ def main(argv=None):
         print(row(name, signed_errors(calc, groups[name])))
     for path in ("mptrj/mptrj-highest-stress-1k.xyz", "mattersim/mpf-TP.xyz"):
         print(row(Path(path).name, signed_errors(calc, read_frames(DATA / path, index=":100"))))
-    if args.teacher:
-        relax_example(potential, args.teacher)
+    if teacher is not None:
+        relax_example(potential, teacher)
 
 
-def relax_example(potential, teacher_spec: str) -> None:
+def relax_example(potential, teacher) -> None:
     """Model (mlip.sim) and teacher (ASE) relaxations of the bundled SrTiO3 example."""
     import ase.io
     from ase.filters import FrechetCellFilter
     from ase.optimize import FIRE
 
     from mlip import sim
-    from mlip.distill.teachers import get_teacher
 
     start = ase.io.read(ROOT / "mlip/assets/SrTiO3-perovskite.extxyz")
     ours = sim.relax(potential, [start.copy()], fmax=0.05, relax_cell=True, max_steps=300)[0]
     reference = start.copy()
-    reference.calc = get_teacher(teacher_spec).build()
+    reference.calc = teacher  # an ASE calculator
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # scipy's logm inside the cell filter
         FIRE(FrechetCellFilter(reference), logfile=None).run(fmax=0.05, steps=300)

@@ -223,8 +223,8 @@ class _Runner:
                 state = self._pack(slots)
             state = self._advance(state, queue, sum(self.results[s.index] is not None for s in slots))
             slots, state, finished = self._harvest(state, slots, bool(queue))
-            if state is not None and not queue and self._shrunk(slots):
-                slots, state = [s for s in slots if self.results[s.index] is None], None
+            if state is not None and not queue and (running := self._shrunk(slots)) is not None:
+                slots, state = running, None
             bar.update(finished)
             bar.set_postfix_str(f"{bar.n / (time.perf_counter() - start):.2f} structures/s", refresh=False)
         bar.close()
@@ -243,24 +243,25 @@ class _Runner:
         fns = _compiled(self.engine, self.potential.config, self.spec, self.potential.runtime, self.dispersion)
         fns.chunk.lower(self.potential.params, state, self.budget.chunk, self._min_done(len(slots), queue)).compile()
 
-    def _shrunk(self, slots) -> bool:
+    def _shrunk(self, slots) -> list[_Slot] | None:
         """At the tail (nothing waits): if the running structures fill at most 1/SHRINK of the
-        atom slots, size the batch (shape and edge slots) for them alone and say so; the caller
-        repacks them, carrying their state over."""
-        running = [s.index for s in slots if self.results[s.index] is None]
-        atoms = int(sum(self.sizes[k] for k in running))
+        atom slots, size the batch (shape and edge slots) for them alone and return their
+        slots, for the caller to repack them, carrying their state over; else None."""
+        running = [s for s in slots if self.results[s.index] is None]
+        indices = [s.index for s in running]
+        atoms = int(sum(self.sizes[k] for k in indices))
         if not self.shrink or not running or atoms * SHRINK > self.shape[0] - 1:
-            return False
+            return None
         atom_slots = max(MIN_SLOTS, 1 << (atoms - 1).bit_length())
         if atom_slots >= self.shape[0] - 1:
-            return False  # already as small as the ladder goes
-        capacity = self.budget.max_edges or min(self.spec.capacity, self._edge_slots(self.edges, running, atom_slots))
+            return None  # already as small as the ladder goes
+        capacity = self.budget.max_edges or min(self.spec.capacity, self._edge_slots(self.edges, indices, atom_slots))
         active = self.spec.active_capacity
         if active is not None:
-            active = min(active, self._edge_slots(self.within, running, atom_slots), capacity)
+            active = min(active, self._edge_slots(self.within, indices, atom_slots), capacity)
         self.spec = dataclasses.replace(self.spec, capacity=capacity, active_capacity=active)
         self.shape = (atom_slots + 1, len(running) + 1)
-        return True
+        return running
 
     def _too_large(self, k: int) -> bool:
         return len(self.structures[k]) > self.budget.max_atoms or self.edges[k] > self.max_edges
