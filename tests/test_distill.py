@@ -1,6 +1,7 @@
 """Distillation: seed generation and teacher labelling, with cheap toy teachers (no torch)."""
 
 import ase
+import ase.io
 import numpy as np
 import pytest
 from ase.build import bulk
@@ -11,7 +12,8 @@ from mlip.data.shards import ShardedDataset
 from mlip.distill import label as labelling
 from mlip.distill import prototypes as protos
 from mlip.distill.chemistry import MPTRJ_ELEMENTS, OXIDATION_STATES, element_weights
-from mlip.distill.generate import MIN_VOLUME, SeedPlan, element_coverage, generate_seeds, spread
+from mlip.distill.generate import (MIN_VOLUME, SeedPlan, element_coverage, generate_seeds, spread,
+                                   substitute, substitutes)
 from mlip.distill.label import Filters, Recipe, label, rejection
 from mlip.errors import MlipError
 
@@ -81,6 +83,45 @@ def test_random_crystals_top_up_rare_elements():
     seeds = generate_seeds(plan)
     assert min(element_coverage(seeds).values()) >= 1
     assert all(len(s) <= 8 and s.info["origin"].startswith("pyxtal:sg=") for s in seeds)
+
+
+def test_substitutes_keep_the_charge_family():
+    assert set(substitutes("O")) == {"S", "Se", "Te"}
+    assert "Ba" in substitutes("Sr") and "Cs" not in substitutes("Li")  # radii within 30 %
+    assert not substitutes("He") and all("Xe" not in substitutes(s) for s in MPTRJ_ELEMENTS)
+    for symbol in MPTRJ_ELEMENTS:
+        for other in substitutes(symbol):
+            assert other != symbol and other in MPTRJ_ELEMENTS
+
+
+def test_substitution_swaps_every_atom_of_an_element_and_scales_the_cell():
+    srtio3 = ase.Atoms("SrTiO3", scaled_positions=[[0.5] * 3, [0] * 3, [0.5, 0, 0], [0, 0.5, 0], [0, 0, 0.5]],
+                       cell=np.eye(3) * 3.9, pbc=True)
+    swapped = substitute(srtio3 * (2, 1, 1), {"Sr": "Ba", "O": "S"})
+    assert swapped.get_chemical_formula() == "Ba2S6Ti2"
+    assert swapped.get_volume() > 2 * srtio3.get_volume()  # Ba and S are larger
+    np.testing.assert_allclose(swapped.get_scaled_positions(), (srtio3 * (2, 1, 1)).get_scaled_positions())
+
+
+def test_substitution_seeds_come_from_real_frames_of_any_size(tmp_path):
+    real = tmp_path / "real.extxyz"
+    big = ase.Atoms("SrTiO3", scaled_positions=[[0.5] * 3, [0] * 3, [0.5, 0, 0], [0, 0.5, 0], [0, 0, 0.5]],
+                    cell=np.eye(3) * 3.9, pbc=True) * (2, 2, 2)
+    ase.io.write(real, [big, bulk("NaCl", "rocksalt", a=5.6)])
+    plan = SeedPlan(elemental_per_element=0, compounds=0, random=0, real=0, min_per_element=0,
+                    substitutions=12, substitution_max_atoms=40, seed=3)
+    seeds = generate_seeds(plan, [real])
+    assert len(seeds) == 12
+    for seed in seeds:
+        kind, source, swaps = seed.info["origin"].split(":")
+        assert kind == "substitution" and source.startswith("real.extxyz#")
+        for swap in swaps.split(","):
+            old, new = swap.split(">")
+            assert new in substitutes(old) and old not in seed.get_chemical_symbols()
+    assert {len(s) for s in seeds} <= {40, 2} and 40 in {len(s) for s in seeds}
+    with pytest.raises(MlipError, match="substitutions needs real frames of at most 8 atoms"):
+        generate_seeds(SeedPlan(elemental_per_element=0, compounds=0, random=0, real=0, min_per_element=0,
+                                substitutions=1, substitution_max_atoms=8))
 
 
 def _frame(**labels):

@@ -18,7 +18,8 @@ def _cmd_generate(args) -> None:
 
     plan = SeedPlan(elemental_per_element=args.elemental, compounds=args.compounds,
                     random=args.random, real=args.real, min_per_element=args.min_per_element,
-                    max_atoms=args.max_atoms, seed=args.seed)
+                    max_atoms=args.max_atoms, substitutions=args.substitutions,
+                    substitution_max_atoms=args.substitution_max_atoms, seed=args.seed)
     seeds = generate_seeds(plan, args.real_files)
     from mlip.fileio import atomic_write_text
 
@@ -75,7 +76,8 @@ def add_parsers(commands) -> None:
         description="Write seed crystals for teacher labelling: elemental and charge-balanced "
         "prototypes (rocksalt, CsCl, zincblende, wurtzite, fluorite, rutile, perovskite, "
         "spinel...), random symmetric crystals from pyxtal with 1-4 species drawn at the "
-        "element frequencies of REAL_FILES, and real frames drawn from REAL_FILES; topped up "
+        "element frequencies of REAL_FILES, real frames drawn from REAL_FILES and, with "
+        "--substitutions, real frames with elements swapped for chemically similar ones; topped up "
         "until every one of MPtrj's 89 elements is in --min-per-element seeds.",
     )
     generate.add_argument("real_files", nargs="*", type=Path,
@@ -86,7 +88,11 @@ def add_parsers(commands) -> None:
     generate.add_argument("--random", type=int, default=600, help="pyxtal random crystals")
     generate.add_argument("--real", type=int, default=400, help="real frames used as seeds")
     generate.add_argument("--min-per-element", type=int, default=12)
-    generate.add_argument("--max-atoms", type=int, default=16, help="largest seed")
+    generate.add_argument("--max-atoms", type=int, default=16, help="largest made-up or real seed")
+    generate.add_argument("--substitutions", type=int, default=0,
+                          help="real frames with one or two elements swapped for similar ones "
+                          "(same anion charge; cations sharing an oxidation state, radii within 30%%)")
+    generate.add_argument("--substitution-max-atoms", type=int, default=64, help="largest substituted seed")
     generate.add_argument("--seed", type=int, default=0)
 
     lab = add_command(

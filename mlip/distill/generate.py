@@ -2,7 +2,7 @@
 
 A seed is an ``ase.Atoms`` with two info keys: ``seed_id`` (unique, stable: labelling resumes
 by it) and ``origin`` (how it was made, e.g. ``prototype:rocksalt``, ``pyxtal:sg=166``,
-``real:mpf-TP.xyz#12``). The teacher then relaxes, perturbs and heats each seed
+``real:mpf-TP.xyz#12``, ``substitution:mpf-TP.xyz#12:Sr>Ba``). The teacher then relaxes, perturbs and heats each seed
 (`mlip.distill.label`); here only the starting points are made, cheaply and reproducibly.
 """
 
@@ -19,7 +19,10 @@ import ase
 import numpy as np
 
 from mlip.distill import prototypes as protos
-from mlip.distill.chemistry import MPTRJ_ELEMENTS, MPTRJ_NUMBERS, element_weights, min_bond_ratio
+from ase.data import atomic_numbers, covalent_radii
+
+from mlip.distill.chemistry import (MPTRJ_ELEMENTS, MPTRJ_NUMBERS, OXIDATION_STATES,
+                                    element_weights, min_bond_ratio)
 from mlip.errors import MlipError
 
 log = logging.getLogger(__name__)
@@ -35,9 +38,14 @@ class SeedPlan:
             drawn with probability proportional to the product of their element weights.
         random: random symmetric crystals (pyxtal) with 1-4 species at the element weights.
         real: real frames drawn from ``real_files`` (at most ``max_atoms`` atoms each).
+        substitutions: real frames of ``real_files`` (at most ``substitution_max_atoms``) with
+            one or two of their elements swapped for a chemically similar one (see
+            `substitute`): real structure types with new, often 4-5 element chemistries at the
+            sizes of real materials, which made-up seeds of ``max_atoms`` never reach.
         min_per_element: top up with random crystals until every MPtrj element is in at
             least this many seeds.
-        max_atoms: largest seed (teacher cost grows with it).
+        max_atoms: largest made-up or real seed (teacher cost grows with it).
+        substitution_max_atoms: largest substituted seed.
         seed: random seed; the same plan and inputs give the same seeds.
     """
 
@@ -47,6 +55,8 @@ class SeedPlan:
     real: int = 400
     min_per_element: int = 12
     max_atoms: int = 16
+    substitutions: int = 0
+    substitution_max_atoms: int = 64
     seed: int = 0
 
 
@@ -61,6 +71,7 @@ def generate_seeds(plan: SeedPlan, real_files: Sequence[Path] = ()) -> list[ase.
     seeds += _compound_seeds(plan, weights, rng)
     seeds += _random_seeds(plan.random, plan.max_atoms, weights, rng)
     seeds += _real_seeds(real, plan, rng)
+    seeds += _substitution_seeds(real, plan, weights, rng)
     seeds += _top_up(seeds, plan, weights, rng)
     for k, atoms in enumerate(seeds):
         atoms.info["seed_id"] = f"s{plan.seed}-{k:05d}"
@@ -81,9 +92,10 @@ MIN_BOND_FRACTION = 0.9
 MIN_VOLUME = 7.0
 
 
-def spread(atoms: ase.Atoms) -> ase.Atoms:
-    """``atoms`` with the cell scaled up (never down) to meet MIN_BOND_FRACTION and MIN_VOLUME."""
-    scale = max(1.0, MIN_BOND_FRACTION / min_bond_ratio(atoms),
+def spread(atoms: ase.Atoms, min_bond_fraction: float = MIN_BOND_FRACTION) -> ase.Atoms:
+    """``atoms`` with the cell scaled up (never down) so no pair is closer than
+    ``min_bond_fraction`` of its covalent bond length and no cell denser than MIN_VOLUME."""
+    scale = max(1.0, min_bond_fraction / min_bond_ratio(atoms),
                 (MIN_VOLUME * len(atoms) / atoms.get_volume()) ** (1 / 3))
     atoms = atoms.copy()
     atoms.set_cell(atoms.cell.array * scale, scale_atoms=True)
@@ -193,6 +205,76 @@ def _real_seeds(real: list[ase.Atoms], plan: SeedPlan, rng) -> list[ase.Atoms]:
         return []
     chosen = rng.choice(len(small), size=min(plan.real, len(small)), replace=False)
     return [small[k] for k in sorted(chosen)]
+
+
+#: Anions swap within their family regardless of size (O<->S, Cl<->I, N<->P), the cell
+#: following the radii. H, C, Si and Ge are left to the cation rule: in real frames they are
+#: mostly hydroxide H, carbonate C and silicate Si, not hydrides, carbides or silicides.
+ANION_FAMILIES = (("F", "Cl", "Br", "I"), ("O", "S", "Se", "Te"), ("N", "P", "As", "Sb"))
+
+#: Cations may swap when they share a positive common oxidation state and their covalent
+#: radii differ by at most this factor (Sr<->Ba, Fe<->Co, La<->Nd, Si<->Ge; not Li<->Cs).
+CATION_RADIUS_RATIO = 1.3
+
+_NOBLE = ("He", "Ne", "Ar", "Kr", "Xe")
+_ANIONS = {s: family for family in ANION_FAMILIES for s in family}
+
+
+def substitutes(symbol: str) -> list[str]:
+    """The elements that may replace ``symbol`` in a substitution seed (never itself, never a
+    noble gas)."""
+    if symbol in _ANIONS:
+        return [s for s in _ANIONS[symbol] if s != symbol]
+    states = {q for q in OXIDATION_STATES[symbol] if q > 0}
+    r = covalent_radii[atomic_numbers[symbol]]
+    return [s for s in MPTRJ_ELEMENTS
+            if s != symbol and s not in _ANIONS and s not in _NOBLE and states & set(OXIDATION_STATES[s])
+            and 1 / CATION_RADIUS_RATIO <= covalent_radii[atomic_numbers[s]] / r <= CATION_RADIUS_RATIO]
+
+
+#: A substituted real frame is spread only to this bond fraction: one short pair (a compressed
+#: high-stress frame, an O-H bond) must not inflate the whole cell, as MIN_BOND_FRACTION would.
+SUBSTITUTION_BOND_FRACTION = 0.6
+
+
+def substitute(atoms: ase.Atoms, swaps: dict[str, str]) -> ase.Atoms:
+    """``atoms`` with every atom of each key of ``swaps`` replaced by its value, the cell scaled
+    by the change in the sum of covalent-radius cubes (a first guess the teacher's relaxation
+    corrects), then spread to SUBSTITUTION_BOND_FRACTION."""
+    numbers = atoms.numbers.copy()
+    for old, new in swaps.items():
+        numbers[atoms.numbers == atomic_numbers[old]] = atomic_numbers[new]
+    ratio = (covalent_radii[numbers] ** 3).sum() / (covalent_radii[atoms.numbers] ** 3).sum()
+    atoms = atoms.copy()
+    atoms.numbers = numbers
+    atoms.set_cell(atoms.cell.array * ratio ** (1 / 3), scale_atoms=True)
+    return spread(atoms, SUBSTITUTION_BOND_FRACTION)
+
+
+def _substitution_seeds(real: list[ase.Atoms], plan: SeedPlan, weights, rng) -> list[ase.Atoms]:
+    """``plan.substitutions`` seeds: a real frame drawn with probability proportional to its
+    number of elements (the complex compounds made-up seeds lack), one or two of its elements
+    swapped for `substitutes` not already in it, drawn at the element weights."""
+    frames = [atoms for atoms in real if len(atoms) <= plan.substitution_max_atoms and atoms.pbc.all()]
+    if plan.substitutions and not frames:
+        raise MlipError(f"--substitutions needs real frames of at most {plan.substitution_max_atoms} atoms")
+    index = {symbol: k for k, symbol in enumerate(MPTRJ_ELEMENTS)}
+    p = np.array([len(set(atoms.numbers)) for atoms in frames], np.float64)
+    seeds = []
+    while len(seeds) < plan.substitutions:
+        atoms = frames[int(rng.choice(len(frames), p=p / p.sum()))]
+        present = sorted(set(atoms.get_chemical_symbols()))
+        swaps = {}
+        for old in rng.permutation(present)[: int(rng.choice([1, 2], p=[0.6, 0.4]))]:
+            taken = set(present) | set(swaps.values())
+            options = [s for s in substitutes(str(old)) if s not in taken]
+            if options:
+                w = np.array([weights[index[s]] for s in options])
+                swaps[str(old)] = options[int(rng.choice(len(options), p=w / w.sum()))]
+        if swaps:
+            origin = atoms.info["origin"].replace("real:", "substitution:", 1)
+            seeds.append(_tag(substitute(atoms, swaps), origin + ":" + ",".join(f"{a}>{b}" for a, b in swaps.items())))
+    return seeds
 
 
 def _top_up(seeds, plan: SeedPlan, weights, rng) -> list[ase.Atoms]:
