@@ -225,6 +225,8 @@ def substitutes(symbol: str) -> list[str]:
     noble gas)."""
     if symbol in _ANIONS:
         return [s for s in _ANIONS[symbol] if s != symbol]
+    if symbol not in OXIDATION_STATES:
+        return []  # not one of MPtrj's elements (Po, Am...): left as it is
     states = {q for q in OXIDATION_STATES[symbol] if q > 0}
     r = covalent_radii[atomic_numbers[symbol]]
     return [s for s in MPTRJ_ELEMENTS
