@@ -94,9 +94,13 @@ def test_substitutes_keep_the_charge_family():
             assert other != symbol and other in MPTRJ_ELEMENTS
 
 
+def _srtio3():
+    return ase.Atoms("SrTiO3", scaled_positions=[[0.5] * 3, [0] * 3, [0.5, 0, 0], [0, 0.5, 0], [0, 0, 0.5]],
+                     cell=np.eye(3) * 3.9, pbc=True)
+
+
 def test_substitution_swaps_every_atom_of_an_element_and_scales_the_cell():
-    srtio3 = ase.Atoms("SrTiO3", scaled_positions=[[0.5] * 3, [0] * 3, [0.5, 0, 0], [0, 0.5, 0], [0, 0, 0.5]],
-                       cell=np.eye(3) * 3.9, pbc=True)
+    srtio3 = _srtio3()
     swapped = substitute(srtio3 * (2, 1, 1), {"Sr": "Ba", "O": "S"})
     assert swapped.get_chemical_formula() == "Ba2S6Ti2"
     assert swapped.get_volume() > 2 * srtio3.get_volume()  # Ba and S are larger
@@ -105,9 +109,9 @@ def test_substitution_swaps_every_atom_of_an_element_and_scales_the_cell():
 
 def test_substitution_seeds_come_from_real_frames_of_any_size(tmp_path):
     real = tmp_path / "real.extxyz"
-    big = ase.Atoms("SrTiO3", scaled_positions=[[0.5] * 3, [0] * 3, [0.5, 0, 0], [0, 0.5, 0], [0, 0, 0.5]],
-                    cell=np.eye(3) * 3.9, pbc=True) * (2, 2, 2)
-    ase.io.write(real, [big, bulk("NaCl", "rocksalt", a=5.6)])
+    diamond = tmp_path / "diamond.extxyz"
+    ase.io.write(real, [_srtio3() * (2, 2, 2), bulk("NaCl", "rocksalt", a=5.6)])
+    ase.io.write(diamond, bulk("C", "diamond", a=3.57))
     plan = SeedPlan(elemental_per_element=0, compounds=0, random=0, real=0, min_per_element=0,
                     substitutions=12, substitution_max_atoms=40, seed=3)
     seeds = generate_seeds(plan, [real])
@@ -119,9 +123,12 @@ def test_substitution_seeds_come_from_real_frames_of_any_size(tmp_path):
             old, new = swap.split(">")
             assert new in substitutes(old) and old not in seed.get_chemical_symbols()
     assert {len(s) for s in seeds} <= {40, 2} and 40 in {len(s) for s in seeds}
-    with pytest.raises(MlipError, match="substitutions needs real frames of at most 8 atoms"):
-        generate_seeds(SeedPlan(elemental_per_element=0, compounds=0, random=0, real=0, min_per_element=0,
-                                substitutions=1, substitution_max_atoms=8))
+    none = SeedPlan(elemental_per_element=0, compounds=0, random=0, real=0, min_per_element=0,
+                    substitutions=1, substitution_max_atoms=8)
+    with pytest.raises(MlipError, match="substitutions needs periodic real frames of at most 8 atoms"):
+        generate_seeds(none)
+    with pytest.raises(MlipError, match="an element that has a substitute"):  # would draw for ever
+        generate_seeds(none, [diamond])
 
 
 def _frame(**labels):

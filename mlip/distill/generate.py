@@ -17,15 +17,17 @@ from typing import Sequence
 
 import ase
 import numpy as np
-
-from mlip.distill import prototypes as protos
 from ase.data import atomic_numbers, covalent_radii
 
+from mlip.distill import prototypes as protos
 from mlip.distill.chemistry import (MPTRJ_ELEMENTS, MPTRJ_NUMBERS, OXIDATION_STATES,
                                     element_weights, min_bond_ratio)
 from mlip.errors import MlipError
 
 log = logging.getLogger(__name__)
+
+#: Position of each MPtrj element in `MPTRJ_ELEMENTS` (and in the element weights).
+_INDEX = {symbol: k for k, symbol in enumerate(MPTRJ_ELEMENTS)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,8 +124,7 @@ def _elemental_seeds(plan: SeedPlan, rng) -> list[ase.Atoms]:
 
 def _weighted_pick(options: list[tuple[str, ...]], weights: np.ndarray, rng) -> tuple[str, ...]:
     """One option, with probability proportional to the product of its elements' weights."""
-    index = {symbol: k for k, symbol in enumerate(MPTRJ_ELEMENTS)}
-    p = np.array([np.prod([weights[index[s]] for s in option]) for option in options])
+    p = np.array([np.prod([weights[_INDEX[s]] for s in option]) for option in options])
     return options[int(rng.choice(len(options), p=p / p.sum()))]
 
 
@@ -172,7 +173,7 @@ def _draw_species(weights, rng, n_species: int, must: str | None = None) -> list
     chosen = [] if must is None else [must]
     p = weights.copy()
     if must is not None:
-        p[MPTRJ_ELEMENTS.index(must)] = 0.0
+        p[_INDEX[must]] = 0.0
     while len(chosen) < n_species:
         k = int(rng.choice(len(p), p=p / p.sum()))
         chosen.append(MPTRJ_ELEMENTS[k])
@@ -257,10 +258,11 @@ def _substitution_seeds(real: list[ase.Atoms], plan: SeedPlan, weights, rng) -> 
     """``plan.substitutions`` seeds: a real frame drawn with probability proportional to its
     number of elements (the complex compounds made-up seeds lack), one or two of its elements
     swapped for `substitutes` not already in it, drawn at the element weights."""
-    frames = [atoms for atoms in real if len(atoms) <= plan.substitution_max_atoms and atoms.pbc.all()]
+    frames = [atoms for atoms in real if len(atoms) <= plan.substitution_max_atoms and atoms.pbc.all()
+              and any(set(substitutes(s)) - set(atoms.get_chemical_symbols()) for s in set(atoms.get_chemical_symbols()))]
     if plan.substitutions and not frames:
-        raise MlipError(f"--substitutions needs real frames of at most {plan.substitution_max_atoms} atoms")
-    index = {symbol: k for k, symbol in enumerate(MPTRJ_ELEMENTS)}
+        raise MlipError(f"--substitutions needs periodic real frames of at most {plan.substitution_max_atoms} "
+                        "atoms with an element that has a substitute (H, C, B and noble gases have none)")
     p = np.array([len(set(atoms.numbers)) for atoms in frames], np.float64)
     seeds = []
     while len(seeds) < plan.substitutions:
@@ -271,7 +273,7 @@ def _substitution_seeds(real: list[ase.Atoms], plan: SeedPlan, weights, rng) -> 
             taken = set(present) | set(swaps.values())
             options = [s for s in substitutes(str(old)) if s not in taken]
             if options:
-                w = np.array([weights[index[s]] for s in options])
+                w = np.array([weights[_INDEX[s]] for s in options])
                 swaps[str(old)] = options[int(rng.choice(len(options), p=w / w.sum()))]
         if swaps:
             origin = atoms.info["origin"].replace("real:", "substitution:", 1)

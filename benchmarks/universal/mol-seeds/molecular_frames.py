@@ -20,7 +20,7 @@ MOLECULAR = {"H", "C", "B", "N", "P"}
 
 frames = []
 for path in FILES:
-    for k, atoms in enumerate(ase.io.read(path, ":")):
+    for atoms in ase.io.read(path, ":"):
         if MOLECULAR & set(atoms.get_chemical_symbols()):
             atoms.calc = None
             atoms.info = {}
