@@ -258,9 +258,11 @@ def _substitution_seeds(real: list[ase.Atoms], plan: SeedPlan, weights, rng) -> 
     """``plan.substitutions`` seeds: a real frame drawn with probability proportional to its
     number of elements (the complex compounds made-up seeds lack), one or two of its elements
     swapped for `substitutes` not already in it, drawn at the element weights."""
-    frames = [atoms for atoms in real if len(atoms) <= plan.substitution_max_atoms and atoms.pbc.all()
-              and any(set(substitutes(s)) - set(atoms.get_chemical_symbols()) for s in set(atoms.get_chemical_symbols()))]
-    if plan.substitutions and not frames:
+    frames = [atoms for atoms in real if len(atoms) <= plan.substitution_max_atoms and atoms.pbc.all()]
+    # Frames without a substitutable element are drawn and redrawn (as they always were, so a
+    # seed gives the same seeds); with none at all the draw would never end.
+    if plan.substitutions and not any(set(substitutes(s)) - set(symbols) for atoms in frames
+                                      for symbols in [atoms.get_chemical_symbols()] for s in set(symbols)):
         raise MlipError(f"--substitutions needs periodic real frames of at most {plan.substitution_max_atoms} "
                         "atoms with an element that has a substitute (H, C, B and noble gases have none)")
     p = np.array([len(set(atoms.numbers)) for atoms in frames], np.float64)
