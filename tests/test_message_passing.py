@@ -67,8 +67,8 @@ def test_chunked_parameter_gradients_equal_unchunked():
         return jnp.sum(out.energy**2) + jnp.sum(out.forces**2) + jnp.sum(out.stress**2)
 
     # jitted: op by op, this second-order gradient dispatches for a minute on the CPU.
-    whole = jax.jit(jax.grad(loss), static_argnums=1)(potential.params, None)
-    chunked = jax.jit(jax.grad(loss), static_argnums=1)(potential.params, 96)
+    gradient = jax.jit(jax.grad(loss), static_argnums=1)
+    whole, chunked = gradient(potential.params, None), gradient(potential.params, 96)
     for a, b in zip(jax.tree.leaves(chunked), jax.tree.leaves(whole), strict=True):
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-12 * max(np.abs(b).max(), 1e-30))
 

@@ -254,6 +254,12 @@ def substitute(atoms: ase.Atoms, swaps: dict[str, str]) -> ase.Atoms:
     return spread(atoms, SUBSTITUTION_BOND_FRACTION)
 
 
+def _has_substitute(atoms: ase.Atoms) -> bool:
+    """Whether some element of ``atoms`` has a `substitutes` entry not already in it."""
+    present = set(atoms.get_chemical_symbols())
+    return any(set(substitutes(symbol)) - present for symbol in present)
+
+
 def _substitution_seeds(real: list[ase.Atoms], plan: SeedPlan, weights, rng) -> list[ase.Atoms]:
     """``plan.substitutions`` seeds: a real frame drawn with probability proportional to its
     number of elements (the complex compounds made-up seeds lack), one or two of its elements
@@ -261,8 +267,7 @@ def _substitution_seeds(real: list[ase.Atoms], plan: SeedPlan, weights, rng) -> 
     frames = [atoms for atoms in real if len(atoms) <= plan.substitution_max_atoms and atoms.pbc.all()]
     # Frames without a substitutable element are drawn and redrawn (as they always were, so a
     # seed gives the same seeds); with none at all the draw would never end.
-    if plan.substitutions and not any(set(substitutes(s)) - set(symbols) for atoms in frames
-                                      for symbols in [atoms.get_chemical_symbols()] for s in set(symbols)):
+    if plan.substitutions and not any(map(_has_substitute, frames)):
         raise MlipError(f"--substitutions needs periodic real frames of at most {plan.substitution_max_atoms} "
                         "atoms with an element that has a substitute (H, C, B and noble gases have none)")
     p = np.array([len(set(atoms.numbers)) for atoms in frames], np.float64)
