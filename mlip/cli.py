@@ -63,9 +63,14 @@ def _read_options(args) -> dict:
 def _cmd_inspect(args) -> None:
     from mlip.data.inspect import describe_frames
     from mlip.data.readers import ReadReport, read_frames
+    from mlip.data.shards import ShardedDataset
 
     paths = args.structures or [bundled_structure()]
     for path in paths:
+        if Path(path).is_dir():  # an `mlip convert` / `mlip label` shard directory
+            dataset = ShardedDataset(path)
+            print(describe_frames((dataset[i] for i in range(len(dataset))), path, cutoff=args.cutoff))
+            continue
         report = ReadReport()
         frames = read_frames(path, report=report, require_labels=False, **_read_options(args))
         print(describe_frames(frames, path, cutoff=args.cutoff))

@@ -50,6 +50,10 @@ def test_convert_command(tmp_path, capsys):
     assert main(args) == 2  # refuses to overwrite an existing dataset
     assert "--overwrite" in capsys.readouterr().err
     assert main(args + ["--overwrite"]) == 0
+    capsys.readouterr()
+    assert main(["inspect", str(out)]) == 0  # a shard directory, as well as a file
+    out_text = capsys.readouterr().out
+    assert "5 frames, 38 atoms (2-16 per frame), 1 elements" in out_text and "energy 5/5, forces 5/5, stress 5/5" in out_text
 
 
 def test_create_and_predict(tmp_path, capsys):
