@@ -191,6 +191,31 @@ def test_labelling_keeps_provenance_and_drops_by_reason(tmp_path):
     assert set(strict.dropped) == {"force above -1 eV/Å"}
 
 
+def test_split_by_seed_keeps_each_seeds_frames_on_one_side(tmp_path):
+    """valid_group: every frame of a seed (and of a source listed twice) lands on one side of
+    the split; frames without the key are split one by one; no group leaves validation empty."""
+    from mlip.train.data import Concat, split
+
+    label(_seeds(6), tmp_path / "labels", teacher="lj", recipe=TINY, progress=False)
+    data = ShardedDataset(tmp_path / "labels")
+    loose = [make_frame([29, 29], [[0, 0, 0], [1.8, 1.8, 0]], np.eye(3) * 3.6, True, energy=-7.0)
+             for _ in range(4)]
+    both = Concat([data, data, loose])
+    train, valid = split(both, 0.3, seed=0, group="seed_id")
+    assert len(train) + len(valid) == len(both) and len(valid) >= round(0.3 * len(both))
+
+    def seeds_of(subset):
+        return {both[int(i)].info.get("seed_id", f"frame {i}") for i in subset.indices}
+
+    assert seeds_of(train) and seeds_of(valid) and not seeds_of(train) & seeds_of(valid)
+    # Frame by frame (the default) is unchanged: a permutation's first frames validate.
+    order = np.random.default_rng(0).permutation(len(both))
+    _, plain = split(both, 0.3, seed=0)
+    np.testing.assert_array_equal(plain.indices, np.sort(order[:round(0.3 * len(both))]))
+    with pytest.raises(MlipError, match="by 'teacher': 1 group"):  # one teacher, one group
+        split(data, 0.3, seed=0, group="teacher")
+
+
 def test_refilter_drops_failing_frames_and_keeps_the_rest_unchanged(tmp_path):
     from mlip.distill.label import refilter
 

@@ -39,6 +39,8 @@ class DataConfig:
             ``mlip convert`` (streamed with constant memory); or a list of them.
         valid: validation data; None splits ``valid_fraction`` off ``train`` at random
             (seeded by ``split_seed``, so a resumed run sees the same split).
+        valid_group: a ``Frame.info`` key ("seed_id" for `mlip label` output) whose frames
+            stay together on one side of that split (None: frame by frame).
         test: optional test data, evaluated with the best model at the end.
         format, energy_key, forces_key, stress_key, virials_key, mptrj_energy, on_error,
             min_distance, close_atoms: reader options (see mlip.data.readers.read_frames).
@@ -55,6 +57,7 @@ class DataConfig:
     valid: Union[str, list[str], None] = None
     valid_fraction: float = 0.1
     split_seed: int = 0
+    valid_group: Union[str, None] = None
     test: Union[str, list[str], None] = None
     format: Union[str, None] = None
     energy_key: Union[str, None] = "energy"

@@ -135,11 +135,38 @@ def graph_sizes(dataset: FrameDataset, cutoff: float) -> tuple[np.ndarray, np.nd
     return dataset.n_atoms.astype(np.int64), n_edges.astype(np.int64)
 
 
-def split(dataset: FrameDataset, valid_fraction: float, seed: int) -> tuple[Subset, Subset]:
-    """Random (seeded) split into training and validation subsets."""
+def split(dataset: FrameDataset, valid_fraction: float, seed: int, group: str | None = None) -> tuple[Subset, Subset]:
+    """Random (seeded) split into training and validation subsets.
+
+    With ``group`` (a ``Frame.info`` key, e.g. "seed_id", which `mlip label` writes), frames
+    that share its value go to the same side, so validation measures new structures, not new
+    snapshots of structures in training (a relaxation's steps, rattles and MD frames of one
+    seed are near-copies; so are the frames of a source listed twice). Whole groups are drawn
+    until ``valid_fraction`` of the frames is reached; a frame without the key is its own group.
+    """
     n = len(dataset)
     n_valid = max(1, int(round(valid_fraction * n)))
     if n_valid >= n:
         raise MlipError(f"cannot split {n} frame(s) into training and validation sets")
-    order = np.random.default_rng(seed).permutation(n)
-    return Subset(dataset, order[n_valid:]), Subset(dataset, order[:n_valid])
+    rng = np.random.default_rng(seed)
+    if group is None:
+        order = rng.permutation(n)
+        return Subset(dataset, order[n_valid:]), Subset(dataset, order[:n_valid])
+    _, inverse = np.unique(group_keys(dataset, group), return_inverse=True)
+    drawn = rng.permutation(inverse.max() + 1)
+    taken = np.searchsorted(np.cumsum(np.bincount(inverse)[drawn]), n_valid) + 1
+    in_valid = np.isin(inverse, drawn[:taken])
+    if in_valid.all():
+        raise MlipError(f"cannot split {n} frame(s) into training and validation sets by {group!r}: "
+                        f"{inverse.max() + 1} group(s)")
+    return Subset(dataset, np.flatnonzero(~in_valid)), Subset(dataset, np.flatnonzero(in_valid))
+
+
+def group_keys(dataset: FrameDataset, key: str) -> np.ndarray:
+    """str [n_frames]: each frame's ``info[key]`` (as repr), or a key unique to the frame when
+    it has none. Reads every frame once (a converted directory shard by shard)."""
+    keys = []
+    for i in range(len(dataset)):
+        info = dataset[i].info or {}
+        keys.append(repr(info[key]) if key in info else f"\0frame {i}")
+    return np.asarray(keys, dtype=object)

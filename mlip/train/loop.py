@@ -251,7 +251,7 @@ class _Run:
         train_set = open_frames(d.train, d.read_options(), what="training")
         if d.valid is not None:
             return train_set, open_frames(d.valid, d.read_options(), what="validation")
-        return split(train_set, d.valid_fraction, d.split_seed)
+        return split(train_set, d.valid_fraction, d.split_seed, d.valid_group)
 
     def _check_elements(self) -> None:
         """Every split's elements are the model's: the model would score an element it lacks
