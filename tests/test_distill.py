@@ -180,7 +180,6 @@ def test_labelling_keeps_provenance_and_drops_by_reason(tmp_path):
     assert data.meta["energy"] == "mptrj-uncorrected"
     assert data.meta["teacher"]["spec"] == "lj"
     # Labels equal the teacher's own numbers (float32 storage: ~1e-6 relative).
-    from ase.calculators.lj import LennardJones
     atoms = frame.to_atoms()
     atoms.calc = labelling.get_teacher("lj").build()
     np.testing.assert_allclose(atoms.get_forces(), frame.forces, atol=1e-4)
