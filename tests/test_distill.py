@@ -131,6 +131,25 @@ def test_substitution_seeds_come_from_real_frames_of_any_size(tmp_path):
         generate_seeds(none, [diamond])
 
 
+def test_generate_exclude_adds_only_new_substitutions(tmp_path):
+    real = tmp_path / "real.extxyz"
+    ase.io.write(real, [_srtio3() * (2, 1, 1), bulk("NaCl", "rocksalt", a=5.6)])
+    only = ["--elemental", "0", "--compounds", "0", "--random", "0", "--real", "0", "--min-per-element", "0"]
+    first, second = tmp_path / "first.extxyz", tmp_path / "second.extxyz"
+    assert main(["generate", str(real), "-o", str(first), "--substitutions", "6", "--seed", "1", *only]) == 0
+    assert main(["generate", str(real), "-o", str(second), "--substitutions", "6", "--seed", "2", *only,
+                 "--exclude", str(first)]) == 0
+    before = [a.info["origin"] for a in ase.io.read(first, ":")]
+    after = [a.info["origin"] for a in ase.io.read(second, ":")]
+    assert len(after) == len(set(after)) == 6 and not set(after) & set(before)
+    # Two small frames have a few hundred distinct substitutions at most: asking for more ends
+    # with an error instead of drawing for ever.
+    assert main(["generate", str(real), "-o", str(tmp_path / "x.extxyz"), "--substitutions", "5000",
+                 *only, "--exclude", str(first)]) == 2
+    assert main(["generate", str(real), "-o", str(tmp_path / "x.extxyz"), "--substitutions", "1",
+                 *only, "--exclude", str(tmp_path / "missing.extxyz")]) == 2
+
+
 def _frame(**labels):
     atoms = bulk("Cu", "fcc", a=3.6)
     values = dict(energy=-3.5, forces=np.zeros((1, 3)), stress=np.zeros(6))

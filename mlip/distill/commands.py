@@ -19,7 +19,8 @@ def _cmd_generate(args) -> None:
     plan = SeedPlan(elemental_per_element=args.elemental, compounds=args.compounds,
                     random=args.random, real=args.real, min_per_element=args.min_per_element,
                     max_atoms=args.max_atoms, substitutions=args.substitutions,
-                    substitution_max_atoms=args.substitution_max_atoms, seed=args.seed)
+                    substitution_max_atoms=args.substitution_max_atoms, seed=args.seed,
+                    exclude=frozenset(_origins(args.exclude)))
     seeds = generate_seeds(plan, args.real_files)
     from mlip.fileio import atomic_write_text
 
@@ -32,6 +33,18 @@ def _cmd_generate(args) -> None:
     print(f"{args.output}: {len(seeds)} seeds ({', '.join(f'{k} {v}' for k, v in kinds.items())}), "
           f"{sum(len(a) for a in seeds)} atoms; every MPtrj element in >= {min(coverage.values())} "
           f"seeds (fewest: {', '.join(f'{s} {n}' for s, n in sorted(coverage.items(), key=lambda x: x[1])[:5])})")
+
+
+def _origins(paths) -> set[str]:
+    """The ``origin`` of every seed in the seeds files ``paths``."""
+    import ase.io
+
+    origins = set()
+    for path in paths:
+        if not path.is_file():
+            raise MlipError(f"--exclude {path}: no such seeds file")
+        origins.update(atoms.info.get("origin", "") for atoms in ase.io.iread(path, index=":"))
+    return origins - {""}
 
 
 def _interrupt(signum, frame):
@@ -94,6 +107,9 @@ def add_parsers(commands) -> None:
                           "(same anion charge; cations sharing an oxidation state, radii within 30%%)")
     generate.add_argument("--substitution-max-atoms", type=int, default=64, help="largest substituted seed")
     generate.add_argument("--seed", type=int, default=0)
+    generate.add_argument("--exclude", type=Path, nargs="+", default=[], metavar="SEEDS",
+                          help="seeds files of earlier runs: substitutions already in them, or drawn "
+                          "twice in this run, are redrawn, so the new file holds only new structures")
 
     lab = add_command(
         commands, "label", _cmd_label,

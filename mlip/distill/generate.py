@@ -49,6 +49,10 @@ class SeedPlan:
         max_atoms: largest made-up or real seed (teacher cost grows with it).
         substitution_max_atoms: largest substituted seed.
         seed: random seed; the same plan and inputs give the same seeds.
+        exclude: origins of substitution seeds made before (an earlier run's seeds file);
+            when given, a draw whose origin is in it or was drawn before in this run is
+            redrawn, so a new seed file adds only new structures (without it every draw is
+            kept, as the seed files of earlier runs were made).
     """
 
     elemental_per_element: int = 2
@@ -60,6 +64,7 @@ class SeedPlan:
     substitutions: int = 0
     substitution_max_atoms: int = 64
     seed: int = 0
+    exclude: frozenset[str] = frozenset()
 
 
 def generate_seeds(plan: SeedPlan, real_files: Sequence[Path] = ()) -> list[ase.Atoms]:
@@ -271,8 +276,13 @@ def _substitution_seeds(real: list[ase.Atoms], plan: SeedPlan, weights, rng) -> 
         raise MlipError(f"--substitutions needs periodic real frames of at most {plan.substitution_max_atoms} "
                         "atoms with an element that has a substitute (H, C, B and noble gases have none)")
     p = np.array([len(set(atoms.numbers)) for atoms in frames], np.float64)
-    seeds = []
+    seeds, taken_origins = [], set(plan.exclude)
+    draws = 0
     while len(seeds) < plan.substitutions:
+        draws += 1
+        if plan.exclude and draws > 100 * plan.substitutions:
+            raise MlipError(f"--substitutions {plan.substitutions}: only {len(seeds)} new substitutions found in "
+                            f"{draws - 1} draws (the rest are in the excluded seeds); ask for fewer or add real files")
         atoms = frames[int(rng.choice(len(frames), p=p / p.sum()))]
         present = sorted(set(atoms.get_chemical_symbols()))
         swaps = {}
@@ -284,7 +294,12 @@ def _substitution_seeds(real: list[ase.Atoms], plan: SeedPlan, weights, rng) -> 
                 swaps[str(old)] = options[int(rng.choice(len(options), p=w / w.sum()))]
         if swaps:
             origin = atoms.info["origin"].replace("real:", "substitution:", 1)
-            seeds.append(_tag(substitute(atoms, swaps), origin + ":" + ",".join(f"{a}>{b}" for a, b in swaps.items())))
+            origin += ":" + ",".join(f"{a}>{b}" for a, b in swaps.items())
+            if plan.exclude:
+                if origin in taken_origins:
+                    continue
+                taken_origins.add(origin)
+            seeds.append(_tag(substitute(atoms, swaps), origin))
     return seeds
 
 
