@@ -46,9 +46,20 @@ def npz_bytes(arrays: dict[str, np.ndarray], *, compress: bool = False) -> bytes
     return buffer.getvalue()
 
 
+#: Compressors of text files by suffix, the ones ASE (and so mlip) reads transparently.
+_COMPRESSORS = {".gz": "gzip", ".bz2": "bz2", ".xz": "lzma"}
+
+
 def atomic_write_text(path, write) -> None:
     """Write a text file atomically: ``write(file)`` fills a text buffer, which then replaces
-    ``path`` in one step (see `atomic_write_bytes`)."""
+    ``path`` in one step (see `atomic_write_bytes`). A path ending in .gz, .bz2 or .xz is
+    written compressed with that format (seeds.extxyz.xz: a quarter of the size)."""
+    import importlib
+
     buffer = io.StringIO()
     write(buffer)
-    atomic_write_bytes(path, buffer.getvalue().encode())
+    data = buffer.getvalue().encode()
+    compressor = _COMPRESSORS.get(Path(path).suffix)
+    if compressor:
+        data = importlib.import_module(compressor).compress(data)
+    atomic_write_bytes(path, data)

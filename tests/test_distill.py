@@ -135,13 +135,14 @@ def test_generate_exclude_adds_only_new_substitutions(tmp_path):
     real = tmp_path / "real.extxyz"
     ase.io.write(real, [_srtio3() * (2, 1, 1), bulk("NaCl", "rocksalt", a=5.6)])
     only = ["--elemental", "0", "--compounds", "0", "--random", "0", "--real", "0", "--min-per-element", "0"]
-    first, second = tmp_path / "first.extxyz", tmp_path / "second.extxyz"
+    first, second = tmp_path / "first.extxyz", tmp_path / "second.extxyz.xz"  # written compressed
     assert main(["generate", str(real), "-o", str(first), "--substitutions", "6", "--seed", "1", *only]) == 0
     assert main(["generate", str(real), "-o", str(second), "--substitutions", "6", "--seed", "2", *only,
                  "--exclude", str(first)]) == 0
     before = [a.info["origin"] for a in ase.io.read(first, ":")]
     after = [a.info["origin"] for a in ase.io.read(second, ":")]
     assert len(after) == len(set(after)) == 6 and not set(after) & set(before)
+    assert second.read_bytes().startswith(b"\xfd7zXZ")  # xz's magic: a quarter of the text's size
     # Two small frames have a few hundred distinct substitutions at most: asking for more ends
     # with an error instead of drawing for ever.
     assert main(["generate", str(real), "-o", str(tmp_path / "x.extxyz"), "--substitutions", "5000",

@@ -6,7 +6,7 @@ too weakly bound on such test frames, +49 on the rest).
     python benchmarks/universal/mol-seeds/molecular_frames.py /tmp/real-mol.extxyz
     mlip generate /tmp/real-mol.extxyz --elemental 0 --compounds 0 --random 0 --real 600 \\
         --max-atoms 64 --substitutions 900 --substitution-max-atoms 64 --min-per-element 0 \\
-        --seed 4 -o benchmarks/universal/mol-seeds/seeds.extxyz
+        --seed 4 -o benchmarks/universal/mol-seeds/seeds.extxyz.xz
 """
 
 import sys
