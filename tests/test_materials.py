@@ -120,7 +120,7 @@ def test_bundled_silicon_is_cubic_and_consistent(relaxed_silicon):
 def test_commands(tmp_path, capsys):
     import ase.io
 
-    structure = tmp_path / "si.extxyz"
+    structure = tmp_path / "si.extxyz.gz"  # compressed structures read as they are
     ase.io.write(structure, bulk("Si", "diamond", a=5.45))
     assert main(["eos", str(structure), "--model", "mlearn-si", "-o", str(tmp_path / "eos")]) == 0
     fit = json.loads((tmp_path / "eos.json").read_text())

@@ -297,6 +297,31 @@ def test_extxyz_default_keys(tmp_path):
     assert [f.index for f in read] == [0, 1, 2]
 
 
+@pytest.mark.parametrize("suffix", [".gz", ".bz2", ".xz"])
+def test_compressed_extxyz_and_ase_files_read_as_the_plain_ones(tmp_path, suffix):
+    from mlip.fileio import atomic_write_text, read_atoms
+
+    frames = _random_frames(n=4)
+    plain = tmp_path / "train.extxyz"
+    ase.io.write(plain, [f.to_atoms() for f in frames], format="extxyz")
+    packed = tmp_path / ("train.extxyz" + suffix)
+    atomic_write_text(packed, lambda file: file.write(plain.read_text()))
+    assert packed.stat().st_size < plain.stat().st_size
+    expected = list(read_frames(plain, index="1:"))
+    for got, want in zip(list(read_frames(packed, index="1:")), expected, strict=True):
+        np.testing.assert_array_equal(got.positions, want.positions)
+        assert got.energy == want.energy and got.index == want.index
+    # Other formats go through ase.io by their uncompressed name (here: a POSCAR, .vasp).
+    xyz = tmp_path / ("positions.vasp" + suffix)
+    atomic_write_text(xyz, lambda file: ase.io.write(file, frames[0].to_atoms(), format="vasp"))
+    np.testing.assert_allclose(read_atoms(xyz).positions, frames[0].positions, atol=1e-6)
+    assert len(read_atoms(packed, ":")) == 4
+    packed_json = tmp_path / ("mptrj.json" + suffix)
+    packed_json.write_bytes(b"{}")
+    with pytest.raises(DataError, match="compressed .json file is not read as it is; decompress it first"):
+        list(read_frames(packed_json))
+
+
 def test_extxyz_mace_keys_voigt_and_virials(tmp_path):
     frames = _random_frames()
     images = []

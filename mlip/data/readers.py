@@ -28,6 +28,7 @@ from ase.io.extxyz import per_atom_properties
 from mlip.data.frame import CloseAtomsPolicy, Frame, make_frame, stress_to_matrix, validate_frame
 from mlip.data.pymatgen_json import FrameSource, iter_mlearn, iter_mptrj
 from mlip.errors import DataError, MlipError
+from mlip.fileio import compression, open_text, read_atoms, uncompressed_name
 
 logger = logging.getLogger("mlip.data")
 
@@ -161,7 +162,9 @@ def _open_source(path: Path, format: str | None, keys: _LabelKeys, mptrj_energy)
 
 
 def _detect_format(path: Path) -> str | None:
-    suffix = path.suffix.lower()
+    suffix = Path(uncompressed_name(path)).suffix.lower()
+    if compression(path) and suffix in (".json", ".db"):
+        raise DataError(f"a compressed {suffix} file is not read as it is; decompress it first", path)
     if suffix == ".json":
         return _sniff_json(path)
     if suffix == ".db":
@@ -243,7 +246,7 @@ def _iter_extxyz(path: Path, keys: _LabelKeys) -> FrameSource:
     """Split an extxyz file into frames by their atom-count lines and parse each separately,
     so one broken frame (bad number, unknown element) is a per-frame error, not the end of
     the file as with ``ase.io.iread``."""
-    with open(path, encoding="utf-8") as file:
+    with open_text(path) as file:
         for position in itertools.count():
             line = next(file, "")
             while line and not line.strip():  # blank lines between frames
@@ -289,7 +292,8 @@ def _extxyz_frame(text: str, keys: _LabelKeys, source: str, index: int) -> Frame
 
 
 def _iter_ase(path: Path, format: str | None, keys: _LabelKeys) -> FrameSource:
-    for position, atoms in enumerate(ase.io.iread(path, index=":", format=format)):
+    frames = read_atoms(path, ":", format) if compression(path) else ase.io.iread(path, index=":", format=format)
+    for position, atoms in enumerate(frames):
         yield position, functools.partial(_atoms_to_frame, atoms, keys, str(path), position)
 
 

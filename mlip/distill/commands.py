@@ -37,13 +37,13 @@ def _cmd_generate(args) -> None:
 
 def _origins(paths) -> set[str]:
     """The ``origin`` of every seed in the seeds files ``paths``."""
-    import ase.io
+    from mlip.fileio import read_atoms
 
     origins = set()
     for path in paths:
         if not path.is_file():
             raise MlipError(f"--exclude {path}: no such seeds file")
-        origins.update(atoms.info.get("origin", "") for atoms in ase.io.iread(path, index=":"))
+        origins.update(atoms.info.get("origin", "") for atoms in read_atoms(path, ":"))
     return origins - {""}
 
 
@@ -54,15 +54,14 @@ def _interrupt(signum, frame):
 def _cmd_label(args) -> None:
     import signal
 
-    import ase.io
-
     from mlip.distill.label import Filters, Recipe, label
+    from mlip.fileio import read_atoms
 
     seeds = []
     for path in args.seeds:
         if not path.is_file():
             raise MlipError(f"seeds {path}: no such file (make one with mlip generate)")
-        read = ase.io.read(path, index=args.index)
+        read = read_atoms(path, index=args.index)
         seeds += read if isinstance(read, list) else [read]
     if not (0 <= args.rattle[0] <= args.rattle[1] and 0 <= args.strain < 0.5
             and 0 < args.md_temperature[0] <= args.md_temperature[1]):

@@ -15,17 +15,16 @@ from mlip.units import EV_PER_A3_TO_GPA
 
 def _prepare(args):
     """The structure (calculator attached, relaxed unless --no-relax) and the output prefix."""
-    import ase.io
-
     from mlip.calculator import Calculator
     from mlip.cli import bundled_model, bundled_structure, load_model
+    from mlip.fileio import read_atoms
     from mlip.materials.deform import relax_crystal, require_periodic
 
     path = args.structure or bundled_structure()
     if not Path(path).is_file():
         raise MlipError(f"{path}: no such structure file")
     try:
-        atoms = ase.io.read(path, index=args.index)
+        atoms = read_atoms(path, index=args.index)
     except Exception as exc:  # ase raises many types for unreadable files
         raise MlipError(f"{path}: cannot read a structure ({exc})") from None
     require_periodic(atoms, f"mlip {args.command}")
