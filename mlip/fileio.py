@@ -55,6 +55,14 @@ def compression(path) -> str | None:
     return _COMPRESSORS.get(Path(path).suffix.lower())
 
 
+def _codec(path):
+    """The imported module of `compression`, or None."""
+    import importlib
+
+    module = compression(path)
+    return None if module is None else importlib.import_module(module)
+
+
 def uncompressed_name(path) -> str:
     """``path``'s file name without a compression suffix (seeds.extxyz.xz -> seeds.extxyz): the
     name that tells the format."""
@@ -66,12 +74,8 @@ def open_text(path):
     """``path`` opened for reading text, decompressed on the fly when it is .gz, .bz2 or .xz.
     Read it front to back: ASE's own readers seek in a file, and every backward seek in a
     compressed one decompresses it again from the start (1,500 frames: 86 s against 0.8 s)."""
-    import importlib
-
-    module = compression(path)
-    if module is None:
-        return open(path, encoding="utf-8")
-    return importlib.import_module(module).open(path, "rt", encoding="utf-8")
+    codec = _codec(path)
+    return open(path, encoding="utf-8") if codec is None else codec.open(path, "rt", encoding="utf-8")
 
 
 def read_atoms(path, index=-1, format: str | None = None):
@@ -91,11 +95,8 @@ def atomic_write_text(path, write) -> None:
     """Write a text file atomically: ``write(file)`` fills a text buffer, which then replaces
     ``path`` in one step (see `atomic_write_bytes`). A path ending in .gz, .bz2 or .xz is
     written compressed with that format (seeds.extxyz.xz: a quarter of the size)."""
-    import importlib
-
     buffer = io.StringIO()
     write(buffer)
     data = buffer.getvalue().encode()
-    if compression(path):
-        data = importlib.import_module(compression(path)).compress(data)
-    atomic_write_bytes(path, data)
+    codec = _codec(path)
+    atomic_write_bytes(path, data if codec is None else codec.compress(data))

@@ -312,9 +312,9 @@ def test_compressed_extxyz_and_ase_files_read_as_the_plain_ones(tmp_path, suffix
         np.testing.assert_array_equal(got.positions, want.positions)
         assert got.energy == want.energy and got.index == want.index
     # Other formats go through ase.io by their uncompressed name (here: a POSCAR, .vasp).
-    xyz = tmp_path / ("positions.vasp" + suffix)
-    atomic_write_text(xyz, lambda file: ase.io.write(file, frames[0].to_atoms(), format="vasp"))
-    np.testing.assert_allclose(read_atoms(xyz).positions, frames[0].positions, atol=1e-6)
+    poscar = tmp_path / ("positions.vasp" + suffix)
+    atomic_write_text(poscar, lambda file: ase.io.write(file, frames[0].to_atoms(), format="vasp"))
+    np.testing.assert_allclose(read_atoms(poscar).positions, frames[0].positions, atol=1e-6)
     assert len(read_atoms(packed, ":")) == 4
     packed_json = tmp_path / ("mptrj.json" + suffix)
     packed_json.write_bytes(b"{}")
