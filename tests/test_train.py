@@ -332,6 +332,32 @@ def test_finetune_adds_an_element_and_freezes_blocks(tmp_path, lj_file):
               progress=False)
 
 
+def test_finetune_grows_blocks_that_start_as_the_identity(tmp_path, lj_file):
+    from mlip.train.data import open_frames
+    from mlip.train.model import initial_model
+
+    base = train(tiny_config(tmp_path / "base", lj_file, training={"epochs": 1}), progress=False)
+    config = tiny_config(tmp_path / "grow", lj_file, finetune={"from": str(base.best_path), "add_layers": 1},
+                         training={"epochs": 1})
+    model, params = initial_model(config, open_frames(lj_file, {}, what="training"), progress=False)
+    assert model.num_layers == base.potential.config.num_layers + 1
+    frames = ase.io.read(lj_file, ":3")
+    grown = Potential(model, params, "float64").predict(frames)
+    saved = base.potential.astype("float64").predict(frames)
+    for a, b in zip(grown, saved):  # the appended block is the identity: the same function
+        np.testing.assert_allclose(a.energy, b.energy, rtol=0, atol=1e-10)
+        np.testing.assert_allclose(a.forces, b.forces, rtol=0, atol=1e-10)
+    tuned = train(config, progress=False).potential  # and it trains: the zeros move
+    new_block = tuned.params["params"][f"interaction_{model.num_layers - 1}"]
+    assert np.abs(new_block["SO2Convolution_0"]["w1"]).max() > 0
+    assert np.abs(new_block["S2Mixing_0"]["linear_out"]["kernel"]).max() > 0
+    gated = Potential.create("small", species=[14], r_cut=4.0, **{**TINY, "mixing": "gate"})
+    gated.save(tmp_path / "gate.mlip")
+    with pytest.raises(MlipError, match="add_layers needs a model with mixing 's2'"):
+        train(tiny_config(tmp_path / "g", lj_file, finetune={"from": str(tmp_path / "gate.mlip"), "add_layers": 1}),
+              progress=False)
+
+
 def test_training_streams_a_converted_directory(tmp_path):
     from mlip.data.shards import write_shards
     from mlip.train.step import learning_rate_fn

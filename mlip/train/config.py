@@ -7,7 +7,7 @@ are errors, so a typo never silently falls back to a default)::
     output_dir: runs/si
     data:     {train, valid, valid_fraction, test, format, energy_key, ..., max_nodes, ...}
     model:    {preset, r_cut, species, overrides, atomic_energies, avg_num_neighbors, ...}
-    finetune: {from, freeze}                                  (optional)
+    finetune: {from, freeze, refit_atomic_energies, add_layers}  (optional)
     loss:     {kind, huber_delta, energy_weight, forces_weight, stress_weight, stages}
     optimizer: {learning_rate, schedule, warmup_steps, weight_decay, clip_norm, ema_decay, ...}
     training: {epochs, max_steps, precision, accumulate, devices, keep_checkpoints, ...}
@@ -142,15 +142,21 @@ class FinetuneConfig:
             (see ``mlip create`` output or Potential.params for names).
         refit_atomic_energies: refit every E0 by least squares on the new data (e.g. after a
             change of DFT settings); otherwise only elements new to the model get a fitted E0.
+        add_layers: interaction blocks appended after the saved model's last one. Each starts
+            as the identity (its convolution weights and mixing output are zero), so the grown
+            model computes exactly the saved model's energies at step 0 and training adds
+            depth without losing what the saved model learned. Needs ``mixing: s2``.
     """
 
     from_: str = ""
     freeze: list[str] = dataclasses.field(default_factory=list)
     refit_atomic_energies: bool = False
+    add_layers: int = 0
 
     def __post_init__(self):
         if not self.from_:
             raise MlipError("config: finetune.from is required (a saved potential file)")
+        _require(self.add_layers >= 0, f"finetune.add_layers must be >= 0, got {self.add_layers}")
 
 
 @dataclasses.dataclass(frozen=True)

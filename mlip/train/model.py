@@ -1,5 +1,6 @@
 """A run's starting model: a fresh one sized from the data, or a saved potential to fine-tune
-(extended to elements it has not seen)."""
+(extended to elements it has not seen, and optionally grown by interaction blocks that start as
+the identity)."""
 
 from __future__ import annotations
 
@@ -52,6 +53,10 @@ def initial_model(config: TrainConfig, train_set: FrameDataset, progress: bool =
 def _finetune_model(config: TrainConfig, train_set: FrameDataset, progress: bool) -> tuple[FacetConfig, dict]:
     base = Potential.load(config.finetune.from_).astype(config.training.precision)
     old = base.config
+    add = config.finetune.add_layers
+    if add and old.mixing != "s2":
+        raise MlipError(f"finetune.add_layers needs a model with mixing 's2'; {config.finetune.from_} uses "
+                        f"{old.mixing!r}, whose blocks cannot start as the identity")
     known = dict(zip(old.species, old.atomic_energies or (0.0,) * len(old.species)))
     fixed = {} if config.finetune.refit_atomic_energies else known
     stats = compute_statistics(train_set, old.r_cut, fixed_atomic_energies=fixed,
@@ -59,19 +64,36 @@ def _finetune_model(config: TrainConfig, train_set: FrameDataset, progress: bool
     new = [z for z in stats.species if z not in old.species]
     if new:
         log.info("fine-tuning adds element(s) %s", ", ".join(chemical_symbols[z] for z in new))
+    if add:
+        log.info("fine-tuning grows the model from %d to %d interaction blocks (the new ones start as the identity)",
+                 old.num_layers, old.num_layers + add)
     species = old.species + tuple(new)
     e0 = known | dict(zip(stats.species, stats.atomic_energies))
-    model = dataclasses.replace(old, species=species, atomic_energies=tuple(e0[z] for z in species))
-    return model, _extend_embedding(base.params, model, config.seed, config.training.precision)
+    model = dataclasses.replace(old, species=species, atomic_energies=tuple(e0[z] for z in species),
+                                num_layers=old.num_layers + add)
+    return model, _carry_params(base.params, model, old.num_layers, config.seed, config.training.precision)
 
 
-def _extend_embedding(params, model: FacetConfig, seed: int, dtype: str):
-    """``params`` with the species embedding grown to ``model.species`` (new rows freshly
-    initialised); every other parameter must already have its new shape."""
+#: Parameters of an appended block set to zero so that the block is the identity:
+#: h + 0 (no message) and then h + linear_out(...) = h + 0 (FacetModel's residual updates).
+_IDENTITY_ZEROS = ("/SO2Convolution_0/", "/S2Mixing_0/linear_out/")
+
+
+def _carry_params(params, model: FacetConfig, saved_layers: int, seed: int, dtype: str):
+    """Parameters of ``model`` from a saved model's ``params``: the species embedding grown to
+    ``model.species`` (new rows freshly initialised), interaction blocks from ``saved_layers``
+    on appended as the identity (`_IDENTITY_ZEROS` zero, the rest freshly initialised); every
+    other parameter must already have its new shape."""
     fresh = flax.traverse_util.flatten_dict(init_params(model, seed, dtype), sep="/")
     old = flax.traverse_util.flatten_dict(flax.core.unfreeze(params), sep="/")
+    appended = tuple(f"params/interaction_{k}/" for k in range(saved_layers, model.num_layers))
     merged = {}
     for key, value in fresh.items():
+        if key.startswith(appended):
+            merged[key] = jnp.zeros_like(value) if any(part in key for part in _IDENTITY_ZEROS) else value
+            continue
+        if key not in old:
+            raise MlipError(f"cannot fine-tune: the saved model has no parameter {key}")
         value_old = old[key]
         if value_old.shape == value.shape:
             merged[key] = value_old
