@@ -1,5 +1,5 @@
 """Error metrics of a potential against labelled data: MAE and RMSE of energy, forces and stress,
-overall and per element, accumulated in constant memory over a stream of structures.
+overall (with the mean signed error, prediction - label: a bias) and per element, accumulated in constant memory over a stream of structures.
 
 Units of the reported metrics (the conventions of MACE and SevenNet tables):
 
@@ -36,10 +36,11 @@ _N_ELEMENTS = 119
 
 
 class ErrorSums:
-    """Running count, sum of |error| and sum of error^2 for each of ``n_groups`` groups."""
+    """Running count, sum of errors, of |error| and of error^2 for each of ``n_groups`` groups."""
 
     def __init__(self, n_groups: int = 1):
         self.count = np.zeros(n_groups, np.int64)
+        self.sum = np.zeros(n_groups)
         self.abs_sum = np.zeros(n_groups)
         self.sq_sum = np.zeros(n_groups)
 
@@ -51,8 +52,14 @@ class ErrorSums:
         groups = np.zeros(len(errors), np.int64) if groups is None else np.asarray(groups)
         n = len(self.count)
         self.count += np.bincount(groups, minlength=n) * errors.shape[1]
+        self.sum += np.bincount(groups, errors.sum(axis=1), minlength=n)
         self.abs_sum += np.bincount(groups, np.abs(errors).sum(axis=1), minlength=n)
         self.sq_sum += np.bincount(groups, np.square(errors).sum(axis=1), minlength=n)
+
+    def mean(self, group: int = 0) -> float | None:
+        """Mean signed error of ``group`` (a bias), None when it has no values."""
+        count = self.count[group]
+        return float(self.sum[group] / count) if count else None
 
     def mae(self, group: int = 0) -> float | None:
         """Mean absolute error of ``group``, None when it has no values."""
@@ -146,7 +153,7 @@ class Metrics:
     def to_dict(self) -> dict:
         """The metrics as plain JSON-ready values (None where no frame had the label)."""
         overall = {
-            name: {"frames": self.labelled[name], "mae": sums.mae(), "rmse": sums.rmse()}
+            name: {"frames": self.labelled[name], "mae": sums.mae(), "rmse": sums.rmse(), "mean": sums.mean()}
             for name, sums in (("energy", self.energy), ("forces", self.forces), ("stress", self.stress))
         }
         elements = {
@@ -171,11 +178,11 @@ class Metrics:
     def table(self) -> str:
         """A readable report: overall metrics, then force and energy errors per element."""
         data = self.to_dict()
-        lines = [f"{'':8}{'unit':>10}{'frames':>9}{'MAE':>11}{'RMSE':>11}"]
+        lines = [f"{'':8}{'unit':>10}{'frames':>9}{'MAE':>11}{'RMSE':>11}{'mean':>11}"]
         for name in ("energy", "forces", "stress"):
             row = data[name]
             lines.append(f"{name:8}{data['units'][name]:>10}{row['frames']:>9}"
-                         f"{_fmt(row['mae'])}{_fmt(row['rmse'])}")
+                         f"{_fmt(row['mae'])}{_fmt(row['rmse'])}{_fmt(row['mean'])}")
         lines += ["", f"{'element':8}{'atoms':>9}{'F MAE':>11}{'F RMSE':>11}{'frames':>9}"
                       f"{'E MAE':>11}{'E RMSE':>11}", f"{'':8}{'':>9}{'meV/Å':>22}{'':>9}{'meV/atom':>22}"]
         for symbol, row in data["elements"].items():

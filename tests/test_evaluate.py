@@ -72,11 +72,13 @@ def _check_metrics(data, rel=1e-9):
     approx = lambda x: pytest.approx(x, rel=rel)  # noqa: E731
     assert (data["frames"], data["atoms"]) == (5, 16)
     # Energy errors 1, -3, 2, 4 meV/atom.
-    assert data["energy"] == {"frames": 4, "mae": approx(2.5), "rmse": approx(math.sqrt(7.5))}
-    # Forces: 10 Si atoms at 10 meV/Å, 4 O atoms at 20 meV/Å, every component.
-    assert data["forces"] == {"frames": 4, "mae": approx(180 / 14), "rmse": approx(math.sqrt(2600 / 14))}
-    # Stress errors 1, -2, 3 meV/Å^3... in GPa.
-    assert data["stress"] == {"frames": 3, "mae": approx(2e-3 * GPA), "rmse": approx(math.sqrt(14 / 3) * 1e-3 * GPA)}
+    assert data["energy"] == {"frames": 4, "mae": approx(2.5), "rmse": approx(math.sqrt(7.5)), "mean": approx(1.0)}
+    # Forces: 10 Si atoms at (10, -10, 10) meV/Å, 4 O atoms at (-20, 20, -20): 42 components.
+    assert data["forces"] == {"frames": 4, "mae": approx(180 / 14), "rmse": approx(math.sqrt(2600 / 14)),
+                              "mean": approx((10 * 10 - 4 * 20) / 42)}
+    # Stress errors 1, -2, 3 meV/Å^3 on every component, in GPa.
+    assert data["stress"] == {"frames": 3, "mae": approx(2e-3 * GPA), "rmse": approx(math.sqrt(14 / 3) * 1e-3 * GPA),
+                              "mean": approx(2e-3 / 3 * GPA)}
     si, o = data["elements"]["Si"], data["elements"]["O"]
     assert list(data["elements"]) == ["O", "Si"]
     assert (si["atoms"], o["atoms"]) == (12, 4)
@@ -110,7 +112,7 @@ def test_unlabelled_data_gives_empty_metrics(potential, frames):
     bare = [make_frame(f.numbers, f.positions, f.cell, f.pbc) for f in frames]
     data = evaluate(potential, bare, **ONE_BATCH).to_dict()
     assert data["frames"] == 5
-    assert data["energy"] == data["forces"] == data["stress"] == {"frames": 0, "mae": None, "rmse": None}
+    assert data["energy"] == data["forces"] == data["stress"] == {"frames": 0, "mae": None, "rmse": None, "mean": None}
     assert data["elements"]["Si"]["forces_mae"] is None and data["elements"]["Si"]["energy_frames"] == 0
 
 
