@@ -6,7 +6,7 @@ Prints the mean signed error (model - label, meV/atom) and the MAE on the first
 ``--test-frames`` of mptrj-random-1k (DFT, never trained on); on ``--label-frames`` random
 frames of benchmarks/universal/labels grouped by seed origin and labelling method; and on the
 first 100 frames of each real DFT training file. The test frames are also grouped (number of
-elements, GGA+U or GGA, H/C/B/N/P or not, size, volume per atom). With ``--teacher``, the teacher's signed errors on the same test
+elements, GGA+U or GGA, H/C/B/N/P or not, size, volume per atom, largest DFT force). With ``--teacher``, the teacher's signed errors on the same test
 frames are printed next to the model's, and the teacher and the model relax the bundled
 SrTiO3 example (positions and cell, FIRE + FrechetCellFilter, fmax 0.05 eV/Å) with the model
 (mlip.sim) and with the teacher (ASE), and prints the lattice constants and energies per atom.
@@ -44,8 +44,8 @@ MOLECULAR = {"H", "C", "B", "N", "P"}
 
 
 def test_groups(frames) -> dict[str, np.ndarray]:
-    """Indices of the test frames by number of elements, GGA+U or GGA, H/C/B/N/P or not, size and
-    volume per atom."""
+    """Indices of the test frames by number of elements, GGA+U or GGA, H/C/B/N/P or not, size,
+    volume per atom and largest DFT force (how far the frame is from a minimum)."""
     groups = collections.defaultdict(list)
     for k, frame in enumerate(frames):
         symbols = {chemical_symbols[z] for z in frame.numbers.tolist()}
@@ -59,6 +59,10 @@ def test_groups(frames) -> dict[str, np.ndarray]:
         groups["atoms <= 16" if n <= 16 else "atoms 17-48" if n <= 48 else "atoms > 48"].append(k)
         volume = abs(np.linalg.det(frame.cell)) / n
         groups["< 12 Å^3/atom" if volume < 12 else "12-16 Å^3/atom" if volume < 16 else ">= 16 Å^3/atom"].append(k)
+        if frame.forces is not None:
+            fmax = float(np.linalg.norm(frame.forces, axis=1).max())
+            groups["max |F| < 0.05 eV/Å" if fmax < 0.05 else "max |F| 0.05-0.5 eV/Å" if fmax < 0.5
+                   else "max |F| >= 0.5 eV/Å"].append(k)
     return {name: np.array(members) for name, members in sorted(groups.items())}
 
 
