@@ -347,10 +347,8 @@ def test_finetune_grows_blocks_that_start_as_the_identity(tmp_path, lj_file):
     for a, b in zip(grown, saved):  # the appended block is the identity: the same function
         np.testing.assert_allclose(a.energy, b.energy, rtol=0, atol=1e-10)
         np.testing.assert_allclose(a.forces, b.forces, rtol=0, atol=1e-10)
-    tuned = train(config, progress=False).potential  # and it trains: the zeros move
-    new_block = tuned.params["params"][f"interaction_{model.num_layers - 1}"]
-    assert np.abs(new_block["SO2Convolution_0"]["w1"]).max() > 0
-    assert np.abs(new_block["S2Mixing_0"]["linear_out"]["kernel"]).max() > 0
+    # That the zeros then train is shown by the universal model's capacity test (RESULTS.md,
+    # "Sixth stage"); not rerun here, to keep CI short.
     gated = Potential.create("small", species=[14], r_cut=4.0, **{**TINY, "mixing": "gate"})
     gated.save(tmp_path / "gate.mlip")
     with pytest.raises(MlipError, match="add_layers needs a model with mixing 's2'"):
