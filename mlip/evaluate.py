@@ -1,5 +1,6 @@
 """Error metrics of a potential against labelled data: MAE and RMSE of energy, forces and stress,
-overall (with the mean signed error, prediction - label: a bias) and per element, accumulated in constant memory over a stream of structures.
+overall (with the mean signed error, prediction - label: a bias) and per element, accumulated
+in constant memory over a stream of structures.
 
 Units of the reported metrics (the conventions of MACE and SevenNet tables):
 

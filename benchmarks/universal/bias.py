@@ -6,10 +6,11 @@ Prints the mean signed error (model - label, meV/atom) and the MAE on the first
 ``--test-frames`` of mptrj-random-1k (DFT, never trained on); on ``--label-frames`` random
 frames of benchmarks/universal/labels grouped by seed origin and labelling method; and on the
 first 100 frames of each real DFT training file. The test frames are also grouped (number of
-elements, GGA+U or GGA, H/C/B/N/P or not, size, volume per atom, largest DFT force). With ``--teacher``, the teacher's signed errors on the same test
-frames are printed next to the model's, and the teacher and the model relax the bundled
-SrTiO3 example (positions and cell, FIRE + FrechetCellFilter, fmax 0.05 eV/Å) with the model
-(mlip.sim) and with the teacher (ASE), and prints the lattice constants and energies per atom.
+elements, GGA+U or GGA, H/C/B/N/P or not, size, volume per atom, largest DFT force). With
+``--teacher``, the teacher's signed errors on the same test frames are printed next to the
+model's, and the teacher and the model relax the bundled SrTiO3 example (positions and cell,
+FIRE + FrechetCellFilter, fmax 0.05 eV/Å) with the model (mlip.sim) and with the teacher (ASE),
+and prints the lattice constants and energies per atom.
 """
 
 from __future__ import annotations

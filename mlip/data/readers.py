@@ -292,6 +292,8 @@ def _extxyz_frame(text: str, keys: _LabelKeys, source: str, index: int) -> Frame
 
 
 def _iter_ase(path: Path, format: str | None, keys: _LabelKeys) -> FrameSource:
+    # A plain file streams (iread); a compressed one is decompressed into memory once, since
+    # ase's readers seek and each seek would decompress it again (mlip.fileio.open_text).
     frames = read_atoms(path, ":", format) if compression(path) else ase.io.iread(path, index=":", format=format)
     for position, atoms in enumerate(frames):
         yield position, functools.partial(_atoms_to_frame, atoms, keys, str(path), position)
