@@ -5,8 +5,17 @@ import shutil
 import tempfile
 from pathlib import Path
 
-import jax
-import pytest
+# Compile fast, run slower: the suite's programs are small and most run a few times, so LLVM's
+# optimisation passes cost more than they save. Measured on one core (2026-12-02): the eight
+# slowest tests of test_sim_relax.py and test_sim_md.py took 376 s at XLA's default level and
+# 255 s at 0. The programs (HLO) are the same; only the machine code is less optimised. Set
+# before JAX starts its backend; subprocesses of the tests inherit it. To test the machine code
+# users run, set the level yourself: XLA_FLAGS=--xla_backend_optimization_level=2 pytest.
+if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
 
 # Commands under test turn on JAX's persistent compilation cache (mlip.calculator): the suite
 # gives them an empty temporary one, never what other processes left in ~/.cache/mlip/jax.

@@ -144,9 +144,16 @@ def test_variable_cell_fire_relaxation_converges(potential):
 
 @pytest.mark.parametrize("optimizer", [BFGS, LBFGS])
 def test_ase_optimizers(potential, optimizer):
-    atoms = silicon(rattle=0.05, seed=4)
+    # A small rattle: from 0.05 Å, BFGS's default initial Hessian (70 eV/Å²) sends this random
+    # potential's atoms on long paths to far minima, paths that change with the last bits of
+    # the forces (CPU, XLA optimisation level), so a test of them would be chaotic. From
+    # 0.02 Å both end in the same nearby minimum in a few steps, whatever those bits.
+    atoms = silicon(rattle=0.02, seed=4)
     atoms.calc = Calculator(potential, compilation_cache=None)
-    assert optimizer(atoms, logfile=None).run(fmax=0.01, steps=500)
+    start = atoms.get_potential_energy()
+    assert optimizer(atoms, logfile=None).run(fmax=0.01, steps=100)
+    assert np.abs(atoms.get_forces()).max() < 0.01
+    assert atoms.get_potential_energy() < start
 
 
 @pytest.mark.parametrize(

@@ -405,7 +405,8 @@ def test_two_devices_give_the_same_training_as_one(tmp_path, lj_file):
             out[name] = {{"losses": losses, "params": [np.asarray(p).ravel().tolist() for p in jax.tree.leaves(result.potential.params)]}}
         print(json.dumps(out))
     """)
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu"}
+    flags = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2"  # keeps conftest's
+    env = {**os.environ, "XLA_FLAGS": flags.strip(), "JAX_PLATFORMS": "cpu"}
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env,
                           cwd=os.path.dirname(os.path.dirname(__file__)))
     assert done.returncode == 0, done.stderr[-3000:]

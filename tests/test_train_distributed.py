@@ -32,7 +32,8 @@ def _free_port() -> int:
 
 
 def _env(devices: int) -> dict:
-    flags = f"--xla_cpu_multi_thread_eigen=false --xla_force_host_platform_device_count={devices}"
+    flags = os.environ.get("XLA_FLAGS", "")  # conftest's, kept
+    flags += f" --xla_cpu_multi_thread_eigen=false --xla_force_host_platform_device_count={devices}"
     return {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": flags}
 
 
