@@ -15,14 +15,14 @@
 #               bash benchmarks/universal/device_train.sh run SECONDS
 #   3. here:    bash benchmarks/universal/device_train.sh collect FILES_AT   # files_at of that call
 #
-# CONFIG (default benchmarks/universal/universal-wide.yaml, the newest stage) and KERNEL (default "reference": the
+# CONFIG (default benchmarks/universal/universal-8.yaml, the newest stage) and KERNEL (default "reference": the
 # Pallas kernel is used only once the device check has shown it equal to the reference on that
 # GPU) are environment variables. `prepare` and `run` also work on a CPU machine, for a dry run:
 #   OUT=/tmp/out bash benchmarks/universal/device_train.sh run 60
 # .devdata/ is git-ignored: the DFT files are read from ../shared/data, never committed.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-CONFIG=${CONFIG:-benchmarks/universal/universal-wide.yaml}
+CONFIG=${CONFIG:-benchmarks/universal/universal-8.yaml}
 KERNEL=${KERNEL:-reference}
 SHARED=../shared/data/   # how the config names the DFT files
 CARRIED=.devdata/        # where they travel (the device gets the repository only)
