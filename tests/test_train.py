@@ -87,6 +87,9 @@ def tiny_config(tmp_path, train_file, **sections) -> TrainConfig:
         ({"data": {"train": "x.xyz"}, "training": {"max_steps": 0}}, "training.max_steps must be >= 1 or null"),
         ({"data": {"train": "x.xyz", "statistics_frames": 0}}, "data.statistics_frames must be >= 1"),
         ({"data": {"train": "x.xyz", "close_atoms": "eror"}}, "data.close_atoms must be one of error, warn, ignore"),
+        ({"data": {"train": "x.xyz", "group_weights": {"Surface": 2.0}}}, "data.weight_group (a Frame.info key) and"),
+        ({"data": {"train": "x.xyz", "weight_group": "group", "group_weights": {"Surface": -1}}},
+         "data.group_weights.Surface must be a finite number >= 0, got -1"),
     ],
 )
 def test_config_errors_name_the_key(values, message):
@@ -162,6 +165,51 @@ def test_loss_counts_and_sums_by_hand():
     np.testing.assert_allclose(total, sums.energy / 2 + 10 * 0.01 + 100 * 1e-4)
     huber = penalty_sums(output, batch, "huber", 0.05)
     np.testing.assert_allclose(huber.forces, 9 * 0.05 * (0.1 - 0.5 * 0.05))  # linear branch
+
+
+def test_structure_weights_scale_their_terms_but_not_the_counts():
+    frames = lennard_jones_frames(np.random.default_rng(2), 2, 3)
+    graphs = [build_graph(f, 4.0) for f in frames]
+    plain, weighted = collate(graphs, 8, 64, 4), collate(graphs, 8, 64, 4, weights=[3.0, 0.5])
+    np.testing.assert_array_equal(weighted.labels.weight, [3.0, 0.5, 0.0, 0.0])
+    np.testing.assert_array_equal(plain.labels.weight, [1.0, 1.0, 0.0, 0.0])
+    output = type("Out", (), {})()
+    output.energy = jnp.asarray(plain.labels.energy) + jnp.asarray([0.3, -0.6, 0.0, 0.0])
+    output.forces = jnp.asarray(plain.labels.forces) + jnp.where(jnp.asarray(plain.node_graph)[:, None] == 0, 0.1, 0.2)
+    output.stress = jnp.asarray(plain.labels.stress) + jnp.asarray([0.01, 0.02, 0.0, 0.0])[:, None, None]
+    output.stress_mask = jnp.asarray(plain.graph_mask)
+    sums = penalty_sums(output, weighted, "mse", 0.01)
+    np.testing.assert_allclose(sums.energy, 3.0 * 0.1**2 + 0.5 * 0.2**2)
+    np.testing.assert_allclose(sums.forces, 3.0 * 9 * 0.1**2 + 0.5 * 9 * 0.2**2)
+    np.testing.assert_allclose(sums.stress, 3.0 * 9 * 0.01**2 + 0.5 * 9 * 0.02**2)
+    assert tuple(map(float, label_counts(weighted))) == tuple(map(float, label_counts(plain))) == (2.0, 18.0, 18.0)
+
+
+def test_group_weights_reach_every_training_batch(tmp_path):
+    from mlip.train.batches import StepBatches
+    from mlip.train.data import group_weights
+
+    frames = lennard_jones_frames(np.random.default_rng(3), 12, 8, rattle=0.25)
+    for i, frame in enumerate(frames):
+        frame.info["group"] = "Surface" if i % 3 == 0 else "AIMD"
+    frames[1].info.pop("group")  # no group: weight 1
+    weights = group_weights(frames, "group", {"Surface": 4.0, "AIMD": 0.5})
+    np.testing.assert_array_equal(weights[:4], [4.0, 1.0, 0.5, 4.0])
+    batches = StepBatches(frames, 4.0, micro_batches=2, max_nodes=20, max_edges=1200, max_graphs=2,
+                          shuffle=True, seed=1, dtype=np.float64, weights=weights)
+    seen = {}
+    for batch in batches.epoch(0):
+        labels = batch.labels
+        for k, g in zip(*np.nonzero(batch.graph_mask)):
+            seen[float(labels.energy[k, g])] = float(labels.weight[k, g])
+        assert np.all(labels.weight[~batch.graph_mask] == 0)
+    assert seen == {f.energy: w for f, w in zip(frames, weights)}
+    with pytest.raises(MlipError, match="no training frame has group = 'Surfaces' .the training frames' group values: 'AIMD', 'Surface'"):
+        group_weights(frames, "group", {"Surfaces": 4.0})
+    path = write_data(tmp_path / "groups.xyz", frames)
+    config = tiny_config(tmp_path, path, data={"weight_group": "group", "group_weights": {"Surface": 4.0}},
+                         training={"epochs": 1})
+    assert train(config, progress=False).steps > 0
 
 
 # -- training runs ------------------------------------------------------------------------

@@ -83,6 +83,8 @@ class Labels(NamedTuple):
     forces: [N, 3] eV/Å.
     stress: [G, 3, 3] eV/Å^3, ASE sign.
     has_energy, has_forces, has_stress: bool [G], whether graph g carries that label.
+    weight: [G] loss weight of each structure's terms (1 unless the training data weights
+        groups of structures, see `DataConfig.group_weights`; 0 for padding).
     """
 
     energy: np.ndarray
@@ -91,6 +93,7 @@ class Labels(NamedTuple):
     has_energy: np.ndarray
     has_forces: np.ndarray
     has_stress: np.ndarray
+    weight: np.ndarray
 
 
 class GraphBatch(NamedTuple):
@@ -143,12 +146,14 @@ def collate(
     *,
     dtype=np.float64,
     labels: bool = True,
+    weights: Sequence[float] | None = None,
 ) -> GraphBatch:
     """Concatenate ``graphs`` and pad to exactly (n_node, n_edge, n_graph).
 
     Requires n_node > total nodes and n_graph > len(graphs) (room for the padding node and
     graph, see the module docstring) and n_edge >= total edges. ``dtype`` is the float dtype
     of positions, cell and labels. With ``labels=False`` the batch carries no Labels.
+    ``weights``: one loss weight per graph (None: 1 each), stored in ``Labels.weight``.
     """
     nodes = np.array([g.n_node for g in graphs], dtype=np.int64)
     edges = np.array([g.n_edge for g in graphs], dtype=np.int64)
@@ -193,11 +198,11 @@ def collate(
         pbc=pbc,
         graph_mask=np.arange(n_graph) < real_graphs,
         n_node=count(nodes, n_node),
-        labels=_collate_labels(frames, n_node, n_graph, dtype) if labels else None,
+        labels=_collate_labels(frames, n_node, n_graph, dtype, weights) if labels else None,
     )
 
 
-def _collate_labels(frames: Sequence[Frame], n_node: int, n_graph: int, dtype) -> Labels:
+def _collate_labels(frames: Sequence[Frame], n_node: int, n_graph: int, dtype, weights) -> Labels:
     energy = np.zeros(n_graph, dtype)
     stress = np.zeros((n_graph, 3, 3), dtype)
     forces = np.zeros((n_node, 3), dtype)
@@ -212,6 +217,6 @@ def _collate_labels(frames: Sequence[Frame], n_node: int, n_graph: int, dtype) -
         if frame.stress is not None:
             stress[g], has["stress"][g] = frame.stress, True
         start = stop
-    return Labels(
-        energy, forces, stress, has["energy"], has["forces"], has["stress"]
-    )
+    weight = np.zeros(n_graph, dtype)
+    weight[: len(frames)] = 1.0 if weights is None else np.asarray(weights, dtype)
+    return Labels(energy, forces, stress, has["energy"], has["forces"], has["stress"], weight)

@@ -60,11 +60,12 @@ class StepBatches:
             others are empty padding of the same shape (None: all). On several hosts each
             process feeds only its own devices, so it builds only their micro-batches: the
             loader's work is split over the hosts instead of repeated on each.
+        weights: float [n_frames], each frame's loss weight (`Labels.weight`); None: 1 each.
     """
 
     def __init__(self, dataset: FrameDataset, cutoff: float, *, micro_batches: int, max_nodes: int,
                  max_edges: int, max_graphs: int, shuffle: bool, seed: int, dtype=np.float32,
-                 workers: int = 0, local: Sequence[int] | None = None):
+                 workers: int = 0, local: Sequence[int] | None = None, weights: np.ndarray | None = None):
         if workers < 0:
             raise MlipError(f"loader workers must be >= 0, got {workers}")
         self.dataset, self.cutoff, self.k = dataset, float(cutoff), micro_batches
@@ -72,6 +73,9 @@ class StepBatches:
         self.ladder = BucketLadder.for_budget(max_nodes, max_edges, max_graphs)
         self.shuffle, self.seed, self.dtype, self.workers = shuffle, seed, dtype, workers
         self.local = frozenset(range(micro_batches) if local is None else local)
+        if weights is not None and len(weights) != len(dataset):
+            raise ValueError(f"{len(weights)} frame weights for {len(dataset)} frames")
+        self.weights = weights
         self._groups: dict[int, list[list[int]]] = {}
         # Graph sizes (packing needs them): stored at conversion, else built on first use.
         self._n_node: np.ndarray | None = None
@@ -98,8 +102,12 @@ class StepBatches:
         groups = groups + [[]] * (self.k - len(groups))
         shapes = [self.ladder.shape_for(int(n_node[g].sum()), int(n_edge[g].sum()), len(g)) for g in groups]
         shape = tuple(max(dims) for dims in zip(*shapes))
-        chunk = [[self._graph(i) for i in g] if k in self.local else [] for k, g in enumerate(groups)]
-        return stack_batches([collate(c, *shape, dtype=self.dtype) for c in chunk])
+        groups = [g if k in self.local else [] for k, g in enumerate(groups)]
+        return stack_batches([
+            collate([self._graph(i) for i in g], *shape, dtype=self.dtype,
+                    weights=None if self.weights is None else self.weights[g])
+            for g in groups
+        ])
 
     def _index_groups(self, epoch: int) -> list[list[int]]:
         """Frame indices of each micro-batch of ``epoch``, packed from the graph sizes (see

@@ -41,6 +41,11 @@ class DataConfig:
             (seeded by ``split_seed``, so a resumed run sees the same split).
         valid_group: a ``Frame.info`` key ("seed_id" for `mlip label` output) whose frames
             stay together on one side of that split (None: frame by frame).
+        weight_group, group_weights: loss weights by group, like MACE's
+            ``config_type_weights``: a training frame whose ``info[weight_group]`` is a key of
+            ``group_weights`` has its energy, force and stress terms multiplied by that weight
+            (others: 1). E.g. ``weight_group: group``, ``group_weights: {Surface: 4.0}`` for
+            the mlearn files. Validation and test errors stay unweighted.
         test: optional test data, evaluated with the best model at the end.
         format, energy_key, forces_key, stress_key, virials_key, mptrj_energy, on_error,
             min_distance, close_atoms: reader options (see mlip.data.readers.read_frames).
@@ -58,6 +63,8 @@ class DataConfig:
     valid_fraction: float = 0.1
     split_seed: int = 0
     valid_group: Union[str, None] = None
+    weight_group: Union[str, None] = None
+    group_weights: dict = dataclasses.field(default_factory=dict)
     test: Union[str, list[str], None] = None
     format: Union[str, None] = None
     energy_key: Union[str, None] = "energy"
@@ -85,6 +92,12 @@ class DataConfig:
         _require(self.statistics_frames >= 1, f"data.statistics_frames must be >= 1, got {self.statistics_frames}")
         _require(self.split_seed >= 0, f"data.split_seed must be >= 0, got {self.split_seed}")
         _require(self.min_distance >= 0, f"data.min_distance must be >= 0 Å, got {self.min_distance}")
+        _require((self.weight_group is None) == (not self.group_weights),
+                 "data.weight_group (a Frame.info key) and data.group_weights ({value: weight}) go together")
+        for group, weight in self.group_weights.items():
+            number = _float(weight)
+            _require(number is not None and math.isfinite(number) and number >= 0,
+                     f"data.group_weights.{group} must be a finite number >= 0, got {weight!r}")
         _choice("data.on_error", self.on_error, ("raise", "skip"))
         _choice("data.close_atoms", self.close_atoms, ("error", "warn", "ignore"))
 

@@ -170,3 +170,20 @@ def group_keys(dataset: FrameDataset, key: str) -> np.ndarray:
         info = dataset[i].info or {}
         keys.append(repr(info[key]) if key in info else f"\0frame {i}")
     return np.asarray(keys, dtype=object)
+
+
+def group_weights(dataset: FrameDataset, key: str, weights: dict) -> np.ndarray:
+    """float64 [n_frames]: ``weights[str(info[key])]`` for each frame of ``dataset``, 1 for a
+    frame without the key or whose group is not named. A named group that no frame has is an
+    error (a misspelt group would otherwise change nothing, silently). Reads every frame once."""
+    groups = [str((dataset[i].info or {}).get(key, "")) for i in range(len(dataset))]
+    found = sorted(set(groups) - {""})
+    missing = sorted(set(map(str, weights)) - set(found))
+    if missing:
+        raise MlipError(f"data.group_weights: no training frame has {key} = {', '.join(map(repr, missing))} "
+                        f"(the training frames' {key} values: {', '.join(map(repr, found)) or 'none'})")
+    table = {str(group): float(weight) for group, weight in weights.items()}
+    log.info("loss weights by %s: %s; the other %d training frames 1", key, ", ".join(
+        f"{group} x{weight:g} ({groups.count(group)} frames)" for group, weight in table.items()),
+        sum(group not in table for group in groups))
+    return np.array([table.get(group, 1.0) for group in groups], np.float64)

@@ -57,7 +57,7 @@ from mlip.train.checkpoint import (
     LoopState, latest_checkpoint, list_checkpoints, load_checkpoint, read_checkpoint_header, save_checkpoint,
 )
 from mlip.train.config import TrainConfig
-from mlip.train.data import elements, label_counts, open_frames, split
+from mlip.train.data import elements, group_weights, label_counts, open_frames, split
 from mlip.train.loss import Terms
 from mlip.train.model import describe_params, initial_model
 from mlip.train.step import (
@@ -222,7 +222,7 @@ class _Run:
             self.train_set, self.model.r_cut, micro_batches=len(self.devices) * t.accumulate,
             max_nodes=config.data.max_nodes, max_edges=config.data.max_edges, max_graphs=config.data.max_graphs,
             shuffle=True, seed=config.seed, dtype=self.dtype, workers=config.data.workers,
-            local=_local_micro_batches(self.devices, t.accumulate),
+            local=_local_micro_batches(self.devices, t.accumulate), weights=self._frame_weights(),
         )
         self.valid_batches = StepBatches(
             self.valid_set, self.model.r_cut, micro_batches=1, max_nodes=config.data.max_nodes,
@@ -252,6 +252,13 @@ class _Run:
         if d.valid is not None:
             return train_set, open_frames(d.valid, d.read_options(), what="validation")
         return split(train_set, d.valid_fraction, d.split_seed, d.valid_group)
+
+    def _frame_weights(self) -> np.ndarray | None:
+        """Each training frame's loss weight from data.group_weights (None: no weighting)."""
+        d = self.config.data
+        if d.weight_group is None:
+            return None
+        return group_weights(self.train_set, d.weight_group, d.group_weights)
 
     def _check_elements(self) -> None:
         """Every split's elements are the model's: the model would score an element it lacks

@@ -41,7 +41,9 @@ def label_counts(batch: GraphBatch) -> Terms:
 
 
 def penalty_sums(output: PotentialOutput, batch: GraphBatch, kind: str, huber_delta: float) -> Terms:
-    """Sums of penalties over the labelled items of one (unstacked) batch."""
+    """Sums of penalties over the labelled items of one (unstacked) batch, each structure's
+    (and its atoms') penalties scaled by its ``Labels.weight``. The counts are not weighted:
+    weights of 1 give the plain mean, and a weight of 3 counts a structure as three copies."""
     labels = batch.labels
 
     def penalty(error):
@@ -53,10 +55,11 @@ def penalty_sums(output: PotentialOutput, batch: GraphBatch, kind: str, huber_de
     per_atom = (output.energy - labels.energy) / jnp.maximum(batch.n_node, 1)
     has_forces = labels.has_forces[batch.node_graph] & batch.node_mask
     has_stress = labels.has_stress & output.stress_mask
+    weight, node_weight = labels.weight, labels.weight[batch.node_graph]
     return Terms(
-        energy=jnp.sum(jnp.where(has_energy, penalty(per_atom), 0.0)),
-        forces=jnp.sum(jnp.where(has_forces[:, None], penalty(output.forces - labels.forces), 0.0)),
-        stress=jnp.sum(jnp.where(has_stress[:, None, None], penalty(output.stress - labels.stress), 0.0)),
+        energy=jnp.sum(jnp.where(has_energy, weight * penalty(per_atom), 0.0)),
+        forces=jnp.sum(jnp.where(has_forces[:, None], node_weight[:, None] * penalty(output.forces - labels.forces), 0.0)),
+        stress=jnp.sum(jnp.where(has_stress[:, None, None], weight[:, None, None] * penalty(output.stress - labels.stress), 0.0)),
     )
 
 
