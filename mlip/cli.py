@@ -207,7 +207,7 @@ def _cmd_evaluate(args) -> None:
     frames, total = open_data(args.data, potential, report=report, **_read_options(args))
     start = time.perf_counter()
     metrics = evaluate(potential, frames, max_nodes=args.batch_nodes, max_edges=args.batch_edges,
-                       progress=not args.quiet, total=total)
+                       progress=not args.quiet, total=total, by=args.by)
     seconds = time.perf_counter() - start
     skipped = f"; skipped {report.skipped} bad frames (see warnings)" if report.skipped else ""
     if metrics.frames == 0:
@@ -600,6 +600,8 @@ def add_parsers(commands) -> None:
     evaluate.add_argument("--batch-edges", type=int, default=None, help="edges per batch (default 48 per atom)")
     evaluate.add_argument("--json", type=Path, help="also write the metrics to this JSON file")
     evaluate.add_argument("--dtype", choices=["float32", "float64"], default=None, help="cast the potential (default: as saved)")
+    evaluate.add_argument("--by", metavar="KEY", help="also report errors per value of this info key of the "
+                          "structures (e.g. group in mlearn files, config_type in MACE's)")
     evaluate.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     _add_read_options(evaluate)
 

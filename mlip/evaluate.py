@@ -10,14 +10,16 @@ Units of the reported metrics (the conventions of MACE and SevenNet tables):
 
 Per element: force errors over the atoms of that element, and energy errors over the
 structures that contain it. A structure missing a label is left out of that label's metrics
-only (the counts say how many were used).
+only (the counts say how many were used). Per group (``by``, a ``Frame.info`` key such as
+mlearn's "group" or MACE's "config_type"): the overall metrics of the structures with each
+value of that key (structures without it: group "").
 """
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import numpy as np
 from ase.data import chemical_symbols
@@ -85,9 +87,12 @@ class Metrics:
         forces_by_element: per atomic number, force components (meV/Å) of its atoms.
         atoms_by_element: int [119], atoms of each element seen.
         labelled: frames that carried each label ("energy", "forces", "stress").
+        by: the ``Frame.info`` key whose values group the structures, or None.
+        groups: {value of ``by``: Metrics of those structures}.
     """
 
-    def __init__(self):
+    def __init__(self, by: str | None = None):
+        self.by, self.groups = by, {}
         self.frames = self.atoms = 0
         self.energy, self.forces, self.stress = ErrorSums(), ErrorSums(), ErrorSums()
         self.energy_by_element = ErrorSums(_N_ELEMENTS)
@@ -95,8 +100,14 @@ class Metrics:
         self.atoms_by_element = np.zeros(_N_ELEMENTS, np.int64)
         self.labelled = {"energy": 0, "forces": 0, "stress": 0}
 
-    def update(self, batch: GraphBatch, output: PotentialOutput) -> None:
-        """Add the errors of one padded batch (with labels) given the potential's output on it."""
+    def update(self, batch: GraphBatch, output: PotentialOutput, frames: Sequence[Frame] = ()) -> None:
+        """Add the errors of one padded batch (with labels) given the potential's output on it;
+        ``frames``, the batch's structures in order, are needed only to group them (``by``)."""
+        if self.by is not None:
+            names = np.array([self._group_name(frame) for frame in frames] + [""] * (len(batch.n_node) - len(frames)))
+            for name in np.unique(names[batch.graph_mask]):
+                graph_mask = batch.graph_mask & (names == name)
+                self._group(name).update(batch._replace(graph_mask=graph_mask, node_mask=batch.node_mask & graph_mask[batch.node_graph]), output)
         numbers = batch.numbers[batch.node_mask]
         self.frames += batch.num_real_graphs
         self.atoms += len(numbers)
@@ -109,6 +120,8 @@ class Metrics:
         """Add one structure's errors, given predictions from any source (another calculator,
         a peer model): ``energy`` eV, ``forces`` [n_atoms, 3] eV/Å, ``stress`` [3, 3] eV/Å^3
         or None. Same units and conventions as `update`."""
+        if self.by is not None:
+            self._group(self._group_name(frame)).add_frame(frame, energy, forces, stress)
         numbers = frame.numbers
         self.frames += 1
         self.atoms += len(numbers)
@@ -127,6 +140,14 @@ class Metrics:
         if frame.stress is not None and stress is not None:
             self.stress.add([EV_PER_A3_TO_GPA * (np.asarray(stress) - frame.stress)])  # GPa
             self.labelled["stress"] += 1
+
+    def _group_name(self, frame: Frame) -> str:
+        return str((frame.info or {}).get(self.by, ""))
+
+    def _group(self, name: str) -> "Metrics":
+        if name not in self.groups:
+            self.groups[name] = Metrics()
+        return self.groups[name]
 
     def _add_energy(self, batch: GraphBatch, output: PotentialOutput) -> None:
         labels, nodes = batch.labels, batch.node_mask
@@ -168,12 +189,18 @@ class Metrics:
             }
             for z in np.flatnonzero(self.atoms_by_element)
         }
+        groups = {}
+        if self.by is not None:
+            groups = {"by": self.by, "groups": {name: {key: value for key, value in self.groups[name].to_dict().items()
+                                                        if key not in ("units", "elements")}
+                                                 for name in sorted(self.groups)}}
         return {
             "units": {"energy": "meV/atom", "forces": "meV/Å", "stress": "GPa"},
             "frames": self.frames,
             "atoms": self.atoms,
             **overall,
             "elements": elements,
+            **groups,
         }
 
     def table(self) -> str:
@@ -189,6 +216,12 @@ class Metrics:
         for symbol, row in data["elements"].items():
             lines.append(f"{symbol:8}{row['atoms']:>9}{_fmt(row['forces_mae'])}{_fmt(row['forces_rmse'])}"
                          f"{row['energy_frames']:>9}{_fmt(row['energy_mae'])}{_fmt(row['energy_rmse'])}")
+        if self.by is not None:
+            lines += ["", f"{self.by:16}{'frames':>7}{'E MAE':>11}{'E mean':>11}{'F MAE':>11}{'S MAE':>11}",
+                      f"{'':16}{'':>7}{'meV/atom':>22}{'meV/Å':>11}{'GPa':>11}"]
+            for name, row in data["groups"].items():
+                lines.append(f"{(name or '(none)')[:16]:16}{row['frames']:>7}{_fmt(row['energy']['mae'])}"
+                             f"{_fmt(row['energy']['mean'])}{_fmt(row['forces']['mae'])}{_fmt(row['stress']['mae'])}")
         return "\n".join(lines)
 
 
@@ -205,6 +238,7 @@ def evaluate(
     max_graphs: int = 256,
     progress: bool = False,
     total: int | None = None,
+    by: str | None = None,
 ) -> Metrics:
     """Error metrics of ``potential`` on labelled ``frames`` (any iterable, streamed once).
 
@@ -215,11 +249,11 @@ def evaluate(
     an element the potential does not know stops the run at once with an MlipError naming it
     and the frame.
     ``progress`` shows a progress bar (frames/s; ``total`` frames if known) once a run takes
-    longer than a second.
+    longer than a second. ``by``: also report metrics per value of this ``Frame.info`` key.
     """
     max_edges = 48 * max_nodes if max_edges is None else max_edges
     graphs = (_checked_graph(potential, frame) for frame in frames)
-    metrics, previous = Metrics(), None
+    metrics, previous = Metrics(by), None
     with tqdm(total=total, unit=" frames", desc="evaluating", disable=not progress, delay=1.0) as bar:
         for group, batch in padded_batches(graphs, max_nodes, max_edges, max_graphs):
             current = (group, batch, potential(batch._replace(labels=None)))  # dispatched asynchronously
@@ -240,7 +274,7 @@ def _checked_graph(potential: Potential, frame: Frame) -> Graph:
     return build_graph(frame, potential.config.r_cut)
 
 
-def _to_host(pending: tuple[list[Graph], GraphBatch, PotentialOutput]) -> tuple[GraphBatch, PotentialOutput]:
+def _to_host(pending: tuple[list[Graph], GraphBatch, PotentialOutput]) -> tuple[GraphBatch, PotentialOutput, list[Frame]]:
     """Wait for the output and copy it to numpy (errors against the float64 labels are float64).
     A non-finite prediction is a DataError naming its frame: it would poison every metric."""
     group, batch, output = pending
@@ -250,7 +284,7 @@ def _to_host(pending: tuple[list[Graph], GraphBatch, PotentialOutput]) -> tuple[
     for graph, ok in zip(group, finite):
         if not ok:
             raise graph.frame.error("the potential gave a non-finite energy, forces or stress (nan or inf)")
-    return batch, output
+    return batch, output, [graph.frame for graph in group]
 
 
 def open_data(path, potential: Potential, *, report=None, **read_options) -> tuple[Iterable[Frame], int | None]:

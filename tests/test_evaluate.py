@@ -154,3 +154,33 @@ def test_cli_end_to_end(potential, frames, tmp_path, capsys):
     ase.io.write(tmp_path / "cu.xyz", bulk("Cu", "fcc", a=3.6))
     assert main(["evaluate", str(model), str(tmp_path / "cu.xyz"), "-q"]) == 2
     assert "cu.xyz, frame 0: element(s) Cu not in" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("path", ["one batch", "small batches", "add_frame"])
+def test_metrics_by_group_equal_each_group_evaluated_alone(potential, frames, path):
+    from mlip.evaluate import Metrics
+
+    names = ["bulk", "oxide", "bulk", "oxide", None]  # frame 4 has no group
+    grouped = []
+    for frame, name in zip(frames, names):
+        info = {} if name is None else {"config_type": name}
+        grouped.append(make_frame(frame.numbers, frame.positions, frame.cell, frame.pbc, frame.energy,
+                                  frame.forces, frame.stress, info=info))
+    if path == "add_frame":
+        metrics = Metrics(by="config_type")
+        for frame, pred in zip(grouped, potential.predict(grouped)):
+            metrics.add_frame(frame, pred.energy, pred.forces, pred.stress)
+    else:
+        metrics = evaluate(potential, grouped, by="config_type", **(ONE_BATCH if path == "one batch" else SMALL_BATCHES))
+    data = metrics.to_dict()
+    _check_metrics(data)
+    assert data["by"] == "config_type" and list(data["groups"]) == ["", "bulk", "oxide"]
+    for name in ("", "bulk", "oxide"):
+        alone = evaluate(potential, [f for f, n in zip(grouped, names) if (n or "") == name], **ONE_BATCH).to_dict()
+        assert (data["groups"][name]["frames"], data["groups"][name]["atoms"]) == (alone["frames"], alone["atoms"])
+        for key in ("energy", "forces", "stress"):
+            for stat, value in alone[key].items():
+                assert data["groups"][name][key][stat] == (None if value is None else pytest.approx(value, rel=1e-9)), (name, key, stat)
+    # bulk: frames 0 and 2, energy errors 1 and 2 meV/atom.
+    assert data["groups"]["bulk"]["energy"]["mae"] == pytest.approx(1.5)
+    assert "(none)" in metrics.table() and "config_type" in metrics.table()
