@@ -38,5 +38,5 @@ for name in ("phonons", "phonons-hessian"):
     freqs = json.loads((out / f"{name}.json").read_text())["frequencies_THz"]
     print(name, {k: freqs[k] for k in ("Gamma", "X") if k in freqs})
 EOF
-run dft-reference python "$(dirname "$0")/si_dft_reference.py"
+run dft-reference python "$(dirname "$0")/si_dft_reference.py" --model "$model"
 cat "$out/dft-reference.log"

@@ -125,7 +125,7 @@ def test_relax_defaults_to_the_bundled_model_and_structure(tmp_path, monkeypatch
     relaxed = ase.io.read(tmp_path / f"{card.example.stem}-relaxed.extxyz")
     assert relaxed.get_chemical_symbols() == start.get_chemical_symbols()
     # Both examples are strained cubic 2x2x2 supercells: relaxing makes the cell cubic again
-    # at the model's lattice constant (Si: 5.47 Å in PBE, mlearn-si 5.46; SrTiO3: 3.94 Å).
+    # at the model's lattice constant (Si: 5.47 Å in PBE, mlearn-si 5.467 by its EOS; SrTiO3: 3.94 Å).
     lengths = relaxed.cell.cellpar()[:3] / 2
     assert np.ptp(lengths) < 0.02 * lengths.mean()
     assert np.allclose(relaxed.cell.cellpar()[3:], 90.0, atol=1.0)
