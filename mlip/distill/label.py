@@ -146,15 +146,18 @@ def _relax(atoms: ase.Atoms, teacher: Teacher, recipe: Recipe, filters: Filters)
     from ase.filters import FrechetCellFilter
     from ase.optimize import FIRE
 
+    from mlip.sim.ase import quiet_cell_filter
+
     target = FrechetCellFilter(atoms) if atoms.pbc.all() else atoms
     optimizer = FIRE(target, logfile=None)
     frames = []
-    for step, converged in enumerate(optimizer.irun(fmax=recipe.relax_fmax, steps=recipe.relax_steps)):
-        if _too_dense(atoms, filters):  # a collapsing cell: stop before the next call
-            break
-        last = converged or step >= recipe.relax_steps
-        if step % recipe.relax_keep_every == 0 or last:
-            frames.append(_labelled(atoms, teacher, f"relax:step={step}"))
+    with quiet_cell_filter():
+        for step, converged in enumerate(optimizer.irun(fmax=recipe.relax_fmax, steps=recipe.relax_steps)):
+            if _too_dense(atoms, filters):  # a collapsing cell: stop before the next call
+                break
+            last = converged or step >= recipe.relax_steps
+            if step % recipe.relax_keep_every == 0 or last:
+                frames.append(_labelled(atoms, teacher, f"relax:step={step}"))
     return frames
 
 

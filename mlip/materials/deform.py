@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
-
 import ase
 import numpy as np
 
@@ -39,10 +37,7 @@ def relax_crystal(atoms: ase.Atoms, *, fmax: float, steps: int) -> None:
     """Relax positions and cell in place (BFGS + FrechetCellFilter) to fmax (eV/Å), or raise."""
     from mlip.sim.ase import relax
 
-    with warnings.catch_warnings():
-        # FrechetCellFilter's matrix logarithm warns at ~1e-12 error on near-identity cells.
-        warnings.filterwarnings("ignore", "logm result may be inaccurate")
-        converged = relax(atoms, fmax=fmax, steps=steps, relax_cell=True, optimizer="bfgs", progress=False)
+    converged = relax(atoms, fmax=fmax, steps=steps, relax_cell=True, optimizer="bfgs", progress=False)
     if not converged:
         raise MlipError(f"the structure did not relax (positions and cell) to fmax {fmax} eV/Å in "
                         f"{steps} steps; raise --steps, or pass --no-relax to use it as given")

@@ -79,7 +79,7 @@ def relax(
     writer = Trajectory(str(trajectory), "w", atoms) if trajectory else None
     bar = tqdm(total=steps, desc="relax", unit="step", disable=not progress, mininterval=1.0)
     try:
-        with _quiet_cell_filter():
+        with quiet_cell_filter():
             for converged in dynamics.irun(fmax=fmax, steps=steps):
                 if writer is not None:
                     writer.write()
@@ -105,7 +105,7 @@ def check_cell_relaxable(atoms: ase.Atoms, name: str = "the structure") -> None:
 
 
 @contextlib.contextmanager
-def _quiet_cell_filter():
+def quiet_cell_filter():
     """Within: the cell filter's matrix logarithm (scipy.linalg.logm) does not warn that its
     result "may be inaccurate" at errors of ~1e-12 on every step (harmless; it buried the
     output of every cell relaxation)."""
